@@ -1,0 +1,154 @@
+//! The run configuration: `key=value` lines that the loader puts in the
+//! payload next to the guest (see `payload`). Unknown keys and bad values are
+//! errors, reported with the offending line, never silently ignored.
+
+use core::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunConfig<'a> {
+    /// Name of the guest program (for the log).
+    pub guest: &'a str,
+    /// Guest RAM in MiB, from guest-physical 0.
+    pub mem_mib: u64,
+    /// Guest RAM is split into this many equal memslots.
+    pub slots: u32,
+    /// Memslot cache mode: "vcpu", "vm" or "none".
+    pub cache: &'a str,
+    /// vCPUs to run (0 = one per core found).
+    pub cpus: u32,
+    /// The image runs in an emulator: end the run through its exit ports.
+    pub emulator: bool,
+    /// Dirty-log benchmark: iterations (0 = not a dirty-log run).
+    pub iterations: u32,
+    /// Dirty-log benchmark: bytes each vCPU writes per iteration.
+    pub bytes_per_vcpu: u64,
+}
+
+impl Default for RunConfig<'_> {
+    fn default() -> Self {
+        RunConfig {
+            guest: "smoke",
+            mem_mib: 16,
+            slots: 1,
+            cache: "vcpu",
+            cpus: 0,
+            emulator: false,
+            iterations: 0,
+            bytes_per_vcpu: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigError<'a> {
+    pub line: &'a str,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for ConfigError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bad run configuration line {:?}: {}",
+            self.line, self.reason
+        )
+    }
+}
+
+fn number(v: &str) -> Option<u64> {
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+impl<'a> RunConfig<'a> {
+    pub fn parse(text: &'a str) -> Result<Self, ConfigError<'a>> {
+        let mut c = RunConfig::default();
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let err = |reason| ConfigError { line, reason };
+            let (key, value) = line.split_once('=').ok_or(err("expected key=value"))?;
+            let (key, value) = (key.trim(), value.trim());
+            let num = || number(value).ok_or(err("expected a number"));
+            match key {
+                "guest" => c.guest = value,
+                "mem_mib" => c.mem_mib = num()?,
+                "slots" => c.slots = u32::try_from(num()?).map_err(|_| err("too large"))?,
+                "cache" => {
+                    if !matches!(value, "vcpu" | "vm" | "none") {
+                        return Err(err("cache must be vcpu, vm or none"));
+                    }
+                    c.cache = value;
+                }
+                "cpus" => c.cpus = u32::try_from(num()?).map_err(|_| err("too large"))?,
+                "emulator" => {
+                    c.emulator = match value {
+                        "1" | "true" => true,
+                        "0" | "false" => false,
+                        _ => return Err(err("expected true or false")),
+                    }
+                }
+                "iterations" => {
+                    c.iterations = u32::try_from(num()?).map_err(|_| err("too large"))?
+                }
+                "bytes_per_vcpu" => c.bytes_per_vcpu = num()?,
+                _ => return Err(err("unknown key")),
+            }
+        }
+        if c.mem_mib == 0 {
+            return Err(ConfigError {
+                line: "mem_mib",
+                reason: "guest memory must not be empty",
+            });
+        }
+        if c.slots == 0 {
+            return Err(ConfigError {
+                line: "slots",
+                reason: "at least one memslot is needed",
+            });
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_defaults() {
+        let c = RunConfig::parse(
+            "guest=memtouch\nmem_mib=0x20\n# note\n\nslots = 8\ncache=vm\nemulator=1\n",
+        )
+        .unwrap();
+        assert_eq!(c.guest, "memtouch");
+        assert_eq!(c.mem_mib, 32);
+        assert_eq!(c.slots, 8);
+        assert_eq!(c.cache, "vm");
+        assert!(c.emulator);
+        assert_eq!(c.cpus, 0);
+        assert_eq!(RunConfig::parse("").unwrap(), RunConfig::default());
+    }
+
+    #[test]
+    fn rejects_bad_lines() {
+        for bad in [
+            "nonsense",
+            "colour=blue",
+            "mem_mib=lots",
+            "cache=lru",
+            "emulator=maybe",
+            "slots=0",
+            "mem_mib=0",
+            "slots=99999999999",
+        ] {
+            assert!(RunConfig::parse(bad).is_err(), "{bad} accepted");
+        }
+        let e = RunConfig::parse("colour=blue").unwrap_err();
+        assert_eq!(e.line, "colour=blue");
+        assert_eq!(e.reason, "unknown key");
+    }
+}

@@ -1,0 +1,26 @@
+//! The hypervisor library.
+//!
+//! Pure modules (memslot, ept, dirty, payload, and the decoding parts of vmx)
+//! know nothing of the CPU they run on: they build and test on the host. Arch
+//! code (`asm!`, MSRs, VMCS access) only builds for `x86_64-unknown-none`.
+#![cfg_attr(not(test), no_std)]
+#![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
+
+pub mod abi;
+pub mod config;
+pub mod dirty;
+pub mod ept;
+pub mod frames;
+pub mod guest_image;
+pub mod guest_layout;
+pub mod memslot;
+pub mod payload;
+pub mod vmx;
+
+// Arch code: only for the kernel target.
+#[cfg(target_os = "none")]
+pub mod arch;
+#[cfg(target_os = "none")]
+pub mod console;
+#[cfg(target_os = "none")]
+pub mod smp;
