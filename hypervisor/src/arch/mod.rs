@@ -1,0 +1,57 @@
+//! Code that touches the CPU directly: descriptor tables, interrupts, how a
+//! run ends. Only built for `x86_64-unknown-none`.
+
+pub mod gdt;
+pub mod idt;
+
+use core::sync::atomic::{AtomicBool, Ordering};
+use x86_64::instructions::port::Port;
+
+/// Maximum number of cores the hypervisor drives.
+pub const MAX_CPUS: usize = 64;
+
+/// Set from the run configuration: the image runs in an emulator, so the
+/// emulator's exit ports may be used. On real hardware the run ends in `hlt`.
+static EMULATOR_EXIT: AtomicBool = AtomicBool::new(false);
+
+pub fn set_emulator_exit(on: bool) {
+    EMULATOR_EXIT.store(on, Ordering::SeqCst);
+}
+
+/// The index of the current core (0 = the boot core).
+pub fn cpu_index() -> usize {
+    crate::smp::current_index()
+}
+
+/// The initial local APIC ID of the running core (CPUID.1:EBX[31:24]).
+pub fn apic_id() -> u32 {
+    core::arch::x86_64::__cpuid(1).ebx >> 24
+}
+
+/// Ends the run: one final line that the test harness reads, then the
+/// emulator's exit (QEMU isa-debug-exit at 0xf4, Bochs' shutdown port 0x8900),
+/// or a halt loop on real hardware.
+pub fn finish(success: bool) -> ! {
+    crate::println!("HV RESULT: {}", if success { "SUCCESS" } else { "FAILURE" });
+    crate::console::drain();
+    if EMULATOR_EXIT.load(Ordering::SeqCst) {
+        // SAFETY: these ports only exist in emulators, where they end the run;
+        // the run configuration says we are in one.
+        unsafe {
+            Port::<u32>::new(0xf4).write(if success { 0x10 } else { 0x11 });
+            let mut bochs = Port::<u8>::new(0x8900);
+            for b in b"Shutdown" {
+                bochs.write(*b);
+            }
+        }
+    }
+    halt_forever()
+}
+
+/// Stops this core for good.
+pub fn halt_forever() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
