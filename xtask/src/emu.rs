@@ -1,0 +1,303 @@
+//! Booting an image in an emulator (Bochs, QEMU TCG, QEMU with KVM), with the
+//! serial log streamed to the terminal and kept in a file, and a timeout.
+//!
+//! Every backend writes COM1 to a file that we tail: one mechanism for all.
+//! The run is judged from the log's last `HV RESULT:` line, never from the
+//! emulator's exit code (Bochs' means nothing).
+
+use crate::artifacts::Firmware;
+use crate::setup;
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backend {
+    Bochs,
+    Qemu,
+    QemuKvm,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "bochs" => Backend::Bochs,
+            "qemu" => Backend::Qemu,
+            "qemu-kvm" => Backend::QemuKvm,
+            "auto" => auto(),
+            _ => bail!("unknown backend {s:?}: use auto, bochs, qemu or qemu-kvm"),
+        })
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Bochs => "bochs",
+            Backend::Qemu => "qemu",
+            Backend::QemuKvm => "qemu-kvm",
+        })
+    }
+}
+
+/// `auto`: QEMU with KVM where /dev/kvm can run a guest with VMX exposed
+/// (an Intel host with VMX and kvm_intel's `nested` on), Bochs otherwise.
+pub fn auto() -> Backend {
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let vmx = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("flags") && l.split_whitespace().any(|w| w == "vmx"))
+        })
+        .unwrap_or(false);
+    let nested = std::fs::read_to_string("/sys/module/kvm_intel/parameters/nested")
+        .map(|s| matches!(s.trim(), "Y" | "y" | "1"))
+        .unwrap_or(false);
+    if kvm && vmx && nested {
+        Backend::QemuKvm
+    } else {
+        Backend::Bochs
+    }
+}
+
+pub struct RunSpec {
+    pub backend: Backend,
+    pub firmware: Firmware,
+    pub cpus: u32,
+    pub cpu_model: Option<String>,
+    pub timeout: Duration,
+    /// Emulated machine memory in MiB.
+    pub mem_mib: u64,
+    /// Holds the image; the run's files (log, emulator config) go here too.
+    pub dir: PathBuf,
+    /// Copy the serial log to stdout as it comes.
+    pub stream: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Success,
+    Failure,
+    /// Killed at the timeout.
+    Timeout,
+    /// The emulator ended without a result line.
+    NoResult,
+}
+
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub log: String,
+    pub log_path: PathBuf,
+    pub elapsed: Duration,
+}
+
+pub const BOCHS_DEFAULT_MODEL: &str = "corei7_skylake_x";
+
+pub fn needs(backend: Backend, firmware: Firmware) -> Vec<&'static [setup::Need]> {
+    match (backend, firmware) {
+        (Backend::Bochs, _) => vec![setup::BOCHS],
+        (_, Firmware::Bios) => vec![setup::QEMU],
+        (_, Firmware::Uefi) => vec![setup::QEMU, setup::OVMF],
+    }
+}
+
+fn bochs_command(spec: &RunSpec, image: &Path, log: &Path) -> Result<Command> {
+    if spec.firmware == Firmware::Uefi {
+        bail!("the Bochs backend boots BIOS images only; use --backend qemu for UEFI");
+    }
+    let model = spec.cpu_model.as_deref().unwrap_or(BOCHS_DEFAULT_MODEL);
+    // 1 MiB-aligned, at least what the bootloader and hypervisor need.
+    let rc = format!(
+        "megs: {mem}\n\
+         romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
+         vgaromimage: file=/usr/share/vgabios/vgabios.bin\n\
+         cpu: model={model}, count={cpus}, ips=50000000, reset_on_triple_fault=0\n\
+         ata0-master: type=disk, path=\"{img}\", mode=flat\n\
+         boot: disk\n\
+         display_library: sdl2\n\
+         com1: enabled=1, mode=file, dev=\"{log}\"\n\
+         clock: sync=none, time0=local\n\
+         log: \"{blog}\"\n\
+         panic: action=fatal\n\
+         error: action=report\n\
+         info: action=report\n\
+         debug: action=ignore\n",
+        mem = spec.mem_mib,
+        cpus = spec.cpus,
+        img = image.display(),
+        log = log.display(),
+        blog = spec.dir.join("bochs.log").display(),
+    );
+    let rc_path = spec.dir.join("bochsrc");
+    std::fs::write(&rc_path, rc)?;
+    // Debian's Bochs has its debugger built in: it reads these commands.
+    let dbg = spec.dir.join("bochs-debugger.rc");
+    std::fs::write(&dbg, "c\nquit\n")?;
+    // A killed run leaves a lock next to the image.
+    let _ = std::fs::remove_file(image.with_extension("img.lock"));
+    let mut c = Command::new("bochs");
+    c.arg("-q")
+        .arg("-unlock")
+        .arg("-f")
+        .arg(&rc_path)
+        .arg("-rc")
+        .arg(&dbg);
+    c.env("SDL_VIDEODRIVER", "dummy");
+    Ok(c)
+}
+
+fn qemu_command(spec: &RunSpec, image: &Path, log: &Path) -> Result<Command> {
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-display", "none", "-no-reboot", "-monitor", "none"]);
+    c.args([
+        "-m",
+        &spec.mem_mib.to_string(),
+        "-smp",
+        &spec.cpus.to_string(),
+    ]);
+    c.arg("-serial").arg(format!("file:{}", log.display()));
+    c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    match spec.backend {
+        Backend::QemuKvm => {
+            c.args([
+                "-enable-kvm",
+                "-cpu",
+                spec.cpu_model.as_deref().unwrap_or("host"),
+            ]);
+        }
+        _ => {
+            if let Some(m) = &spec.cpu_model {
+                c.args(["-cpu", m]);
+            }
+        }
+    }
+    if spec.firmware == Firmware::Uefi {
+        let vars = spec.dir.join("OVMF_VARS.fd");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)?;
+        c.args([
+            "-drive",
+            "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+        ]);
+        c.arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()));
+    }
+    c.arg("-drive")
+        .arg(format!("format=raw,file={}", image.display()));
+    Ok(c)
+}
+
+/// The verdict a serial log gives: its last `HV RESULT:` line.
+pub fn verdict_of(log: &str) -> Option<Verdict> {
+    log.lines().rev().find_map(|l| {
+        let r = l.trim().strip_prefix("HV RESULT: ")?;
+        Some(match r {
+            "SUCCESS" => Verdict::Success,
+            _ => Verdict::Failure,
+        })
+    })
+}
+
+/// Boots the image in `spec.dir` and waits for the end of the run.
+pub fn run(spec: &RunSpec) -> Result<Outcome> {
+    setup::ensure(&needs(spec.backend, spec.firmware))?;
+    let image = spec.dir.join(spec.firmware.image_name());
+    if !image.exists() {
+        bail!("no image at {}", image.display());
+    }
+    let log_path = spec.dir.join("serial.log");
+    std::fs::write(&log_path, b"")?;
+    let mut cmd = match spec.backend {
+        Backend::Bochs => bochs_command(spec, &image, &log_path)?,
+        Backend::Qemu | Backend::QemuKvm => qemu_command(spec, &image, &log_path)?,
+    };
+    let out = std::fs::File::create(spec.dir.join("emulator.out"))?;
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", spec.backend))?;
+
+    let mut log_file = std::fs::File::open(&log_path)?;
+    let mut log = Vec::new();
+    let mut timed_out = false;
+    // When the result line is out, the run is over: an emulator still running
+    // a few seconds later (a halted core, no exit port) is stopped.
+    let mut result_seen: Option<Instant> = None;
+    let mut pump = |log: &mut Vec<u8>| -> Result<()> {
+        let mut chunk = Vec::new();
+        log_file.seek(SeekFrom::Start(log.len() as u64))?;
+        log_file.read_to_end(&mut chunk)?;
+        if spec.stream && !chunk.is_empty() {
+            let mut so = std::io::stdout().lock();
+            so.write_all(&chunk)?;
+            so.flush()?;
+        }
+        log.extend_from_slice(&chunk);
+        Ok(())
+    };
+    loop {
+        pump(&mut log)?;
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if result_seen.is_none() && verdict_of(&String::from_utf8_lossy(&log)).is_some() {
+            result_seen = Some(Instant::now());
+        }
+        if result_seen.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        if start.elapsed() > spec.timeout {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pump(&mut log)?;
+    let log = String::from_utf8_lossy(&log).into_owned();
+    let verdict = match verdict_of(&log) {
+        Some(v) => v,
+        None if timed_out => Verdict::Timeout,
+        None => Verdict::NoResult,
+    };
+    Ok(Outcome {
+        verdict,
+        log,
+        log_path,
+        elapsed: start.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_reads_the_last_result_line() {
+        assert_eq!(
+            verdict_of("x\nHV RESULT: SUCCESS\n"),
+            Some(Verdict::Success)
+        );
+        assert_eq!(
+            verdict_of("HV RESULT: SUCCESS\nHV RESULT: FAILURE\n"),
+            Some(Verdict::Failure)
+        );
+        assert_eq!(
+            verdict_of("HV RESULT: SUCCESS (not quite)"),
+            Some(Verdict::Failure)
+        );
+        assert_eq!(verdict_of("booting\n"), None);
+    }
+}
