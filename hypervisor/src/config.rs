@@ -22,6 +22,10 @@ pub struct RunConfig<'a> {
     pub iterations: u32,
     /// Dirty-log benchmark: bytes each vCPU writes per iteration.
     pub bytes_per_vcpu: u64,
+    /// Dirty-log run: `false` = vCPUs wait while the log is read (the
+    /// benchmark); `true` = they keep writing while the controller reads and
+    /// clears the log (the exactness test).
+    pub dirty_concurrent: bool,
 }
 
 impl Default for RunConfig<'_> {
@@ -35,6 +39,7 @@ impl Default for RunConfig<'_> {
             emulator: false,
             iterations: 0,
             bytes_per_vcpu: 0,
+            dirty_concurrent: false,
         }
     }
 }
@@ -95,6 +100,13 @@ impl<'a> RunConfig<'a> {
                     c.iterations = u32::try_from(num()?).map_err(|_| err("too large"))?
                 }
                 "bytes_per_vcpu" => c.bytes_per_vcpu = num()?,
+                "dirty_mode" => {
+                    c.dirty_concurrent = match value {
+                        "sync" => false,
+                        "concurrent" => true,
+                        _ => return Err(err("dirty_mode must be sync or concurrent")),
+                    }
+                }
                 _ => return Err(err("unknown key")),
             }
         }
@@ -102,6 +114,12 @@ impl<'a> RunConfig<'a> {
             return Err(ConfigError {
                 line: "mem_mib",
                 reason: "guest memory must not be empty",
+            });
+        }
+        if c.iterations > 0 && (c.bytes_per_vcpu == 0 || c.bytes_per_vcpu % 4096 != 0) {
+            return Err(ConfigError {
+                line: "bytes_per_vcpu",
+                reason: "a dirty-log run needs bytes_per_vcpu, a non-zero multiple of 4096",
             });
         }
         if c.slots == 0 {
@@ -144,6 +162,9 @@ mod tests {
             "slots=0",
             "mem_mib=0",
             "slots=99999999999",
+            "dirty_mode=sometimes",
+            "iterations=2\nbytes_per_vcpu=100",
+            "iterations=2",
         ] {
             assert!(RunConfig::parse(bad).is_err(), "{bad} accepted");
         }

@@ -2,7 +2,9 @@
 //! hypervisor writes there so that the guest can start in 64-bit mode.
 //!
 //! ```text
-//! 0x0000  BootInfo (abi::BootInfo), then the GDT at GDT_GPA
+//! 0x0040  one BootInfo (abi::BootInfo) per vCPU, 64 bytes apart (none at
+//!         0, so that no guest gets a null pointer); the GDT at the end of
+//!         the page (GDT_GPA)
 //! 0x1000  PML4
 //! 0x2000  PDPT
 //! 0x3000  4 page directories: 0-4 GiB identity-mapped with 2 MiB pages
@@ -14,8 +16,13 @@
 
 use crate::abi::STACK_SIZE;
 
-pub const BOOT_INFO_GPA: u64 = 0;
-pub const GDT_GPA: u64 = 0x100;
+pub const BOOT_INFO_GPA: u64 = 0x40;
+/// Distance between two vCPUs' BootInfo structures.
+pub const BOOT_INFO_STRIDE: u64 = 64;
+const _: () = assert!(core::mem::size_of::<crate::abi::BootInfo>() as u64 <= BOOT_INFO_STRIDE);
+pub const GDT_GPA: u64 = 0x1000 - 24;
+/// As many vCPUs as BootInfo structures fit below the GDT.
+pub const MAX_VCPUS: u32 = ((GDT_GPA - BOOT_INFO_GPA) / BOOT_INFO_STRIDE) as u32;
 pub const PML4_GPA: u64 = 0x1000;
 pub const PDPT_GPA: u64 = 0x2000;
 pub const PD_GPA: u64 = 0x3000;
@@ -47,6 +54,8 @@ pub enum LayoutError {
     TooSmall { needed: u64 },
     /// Guest memory above the identity-mapped range.
     TooLarge,
+    /// More vCPUs than BootInfo structures fit.
+    TooManyVcpus,
 }
 
 impl core::fmt::Display for LayoutError {
@@ -59,6 +68,7 @@ impl core::fmt::Display for LayoutError {
             LayoutError::TooLarge => {
                 write!(f, "guest memory above {MAPPED_GIB} GiB is not supported")
             }
+            LayoutError::TooManyVcpus => write!(f, "1 to {MAX_VCPUS} vCPUs are supported"),
         }
     }
 }
@@ -68,6 +78,9 @@ impl Layout {
     pub fn new(mem_bytes: u64, image_end: u64, vcpus: u32) -> Result<Self, LayoutError> {
         if mem_bytes > MAPPED_GIB << 30 {
             return Err(LayoutError::TooLarge);
+        }
+        if vcpus == 0 || vcpus > MAX_VCPUS {
+            return Err(LayoutError::TooManyVcpus);
         }
         let stacks_start = image_end.max(IMAGE_MIN).next_multiple_of(0x1000);
         let free_start = stacks_start + u64::from(vcpus) * STACK_SIZE;
@@ -80,6 +93,11 @@ impl Layout {
             free_start,
             vcpus,
         })
+    }
+
+    /// Where vCPU `id`'s BootInfo lives.
+    pub fn boot_info_gpa(&self, id: u32) -> u64 {
+        BOOT_INFO_GPA + u64::from(id) * BOOT_INFO_STRIDE
     }
 
     /// Initial RSP of vCPU `id`: the top of its stack, minus 8 as after a call.

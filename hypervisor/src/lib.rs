@@ -6,6 +6,8 @@
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
 
+extern crate alloc;
+
 pub mod abi;
 pub mod config;
 pub mod dirty;
@@ -13,6 +15,7 @@ pub mod ept;
 pub mod frames;
 pub mod guest_image;
 pub mod guest_layout;
+pub mod guest_state;
 pub mod memslot;
 pub mod payload;
 pub mod vmx;
@@ -23,4 +26,18 @@ pub mod arch;
 #[cfg(target_os = "none")]
 pub mod console;
 #[cfg(target_os = "none")]
+pub mod dirtylog;
+#[cfg(target_os = "none")]
+pub mod exits;
+#[cfg(target_os = "none")]
+pub mod heap;
+#[cfg(target_os = "none")]
+pub mod mem;
+#[cfg(target_os = "none")]
 pub mod smp;
+#[cfg(target_os = "none")]
+pub mod summary;
+#[cfg(target_os = "none")]
+pub mod vcpu;
+#[cfg(target_os = "none")]
+pub mod vm;

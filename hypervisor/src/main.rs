@@ -10,13 +10,25 @@ fn main() {
 }
 
 #[cfg(target_os = "none")]
+extern crate alloc;
+
+#[cfg(target_os = "none")]
 mod kernel {
+    use alloc::vec::Vec;
     use bootloader_api::config::{BootloaderConfig, Mapping};
     use bootloader_api::info::{MemoryRegionKind, Optional};
     use bootloader_api::{entry_point, BootInfo};
+    use core::sync::atomic::{AtomicBool, Ordering};
+    use hypervisor::arch::MAX_CPUS;
     use hypervisor::config::RunConfig;
-    use hypervisor::{arch, console, frames, payload, println, smp, vmx};
+    use hypervisor::vcpu::{self, VcpuReport};
+    use hypervisor::vm::Vm;
+    use hypervisor::vmx::caps::{derive_controls, ControlRequest, VmEntryControls, VmExitControls};
+    use hypervisor::{
+        arch, console, dirtylog, frames, heap, mem, payload, println, smp, summary, vmx,
+    };
     use log::{error, info};
+    use spin::Once;
 
     pub static BOOTLOADER_CONFIG: BootloaderConfig = {
         let mut config = BootloaderConfig::new_default();
@@ -35,7 +47,7 @@ mod kernel {
         arch::idt::init();
         println!("hypervisor {} starting", env!("CARGO_PKG_VERSION"));
         let ok = match run(boot) {
-            Ok(()) => true,
+            Ok(ok) => ok,
             Err(e) => {
                 error!("{e}");
                 false
@@ -44,7 +56,33 @@ mod kernel {
         arch::finish(ok)
     }
 
-    fn run(boot: &'static mut BootInfo) -> Result<(), &'static str> {
+    /// Reports of the vCPUs, one per core that ran one.
+    static REPORTS: [Once<VcpuReport>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
+    static VM: Once<Vm> = Once::new();
+    /// vCPUs on application processors wait for this before entering.
+    static START: AtomicBool = AtomicBool::new(false);
+    /// Whether the boot core is the dirty-log controller (runs no vCPU).
+    static CONTROLLER: AtomicBool = AtomicBool::new(false);
+
+    /// The vCPU that core `cpu` runs.
+    fn vcpu_of(cpu: usize) -> u32 {
+        (cpu - CONTROLLER.load(Ordering::Acquire) as usize) as u32
+    }
+
+    /// Entry of every application processor once it is up.
+    fn ap_entry(cpu: usize) -> ! {
+        let vm = VM.wait();
+        while !START.load(Ordering::Acquire) {
+            core::hint::spin_loop();
+        }
+        let id = vcpu_of(cpu);
+        if id < vm.vcpus {
+            REPORTS[id as usize].call_once(|| vcpu::run(vm, id, cpu));
+        }
+        arch::halt_forever()
+    }
+
+    fn run(boot: &'static mut BootInfo) -> Result<bool, &'static str> {
         let phys_offset = boot
             .physical_memory_offset
             .into_option()
@@ -89,6 +127,14 @@ mod kernel {
             "physical memory: {} MiB usable above 1 MiB",
             frames.remaining() >> 20
         );
+        let heap = frames
+            .alloc_contiguous((heap::HEAP_BYTES as u64) / frames::FRAME)
+            .map_err(|_| "no memory for the kernel heap")?;
+        // SAFETY: the frames were just taken from the allocator for the heap
+        // alone and are mapped at the physical-memory offset.
+        unsafe { heap::init((phys_offset + heap) as *mut u8, heap::HEAP_BYTES) };
+        mem::init(frames, phys_offset);
+        smp::mask_legacy_pic();
 
         vmx::on::detect().map_err(|e| {
             error!("{e}");
@@ -96,19 +142,104 @@ mod kernel {
         })?;
         let caps = vmx::on::read_caps();
         println!("{caps}");
+        let mut request = ControlRequest::default_for_guest();
+        // Guest EFER lives in the VMCS (CR0.PG and EFER writes are emulated
+        // there), and the dirty-log kick IPI is acknowledged on exit.
+        request.entry.required |= VmEntryControls::LOAD_EFER.bits();
+        request.exit.required |= VmExitControls::ACK_INTERRUPT_ON_EXIT.bits();
+        let controls = derive_controls(&caps, &request).map_err(|e| {
+            error!("{e}");
+            "this CPU lacks VMX features the hypervisor needs"
+        })?;
+        info!("VMX controls: {controls}");
 
-        let vmxon = frames.alloc().map_err(|_| "out of memory")?;
+        let vmxon = mem::alloc_zeroed(1).ok_or("out of memory")?;
         // SAFETY: the frame was just allocated for this purpose and is mapped
         // at the physical-memory offset.
-        let vmxon_word = unsafe { &mut *((phys_offset + vmxon) as *mut u32) };
+        let vmxon_word = unsafe { &mut *(mem::phys_to_virt(vmxon) as *mut u32) };
         vmx::on::enable(&caps, vmxon, vmxon_word).map_err(|e| {
             error!("{e}");
             "VMX could not be enabled"
         })?;
         info!("VMXON ok");
+
+        let dirty = config.iterations > 0;
+        CONTROLLER.store(dirty, Ordering::Release);
+        let wanted_vcpus = match config.cpus {
+            0 => MAX_CPUS as u32 - dirty as u32,
+            n => n,
+        };
+        let cores = start_cores(boot, phys_offset, wanted_vcpus as usize + dirty as usize);
+        let vcpus = (cores - dirty as usize) as u32;
+        if vcpus == 0 {
+            return Err("no core left to run a vCPU");
+        }
+        if config.cpus != 0 && vcpus != config.cpus {
+            error!(
+                "{} vCPU(s) requested, only {vcpus} core(s) can run one",
+                config.cpus
+            );
+            return Err("not enough cores");
+        }
+        let vm = VM.try_call_once(|| {
+            Vm::build(config, payload.guest, caps, controls, vcpus).map_err(|e| {
+                error!("{e}");
+                "could not build the VM"
+            })
+        })?;
+        info!(
+            "VM: {vcpus} vCPU(s), {} KiB of guest RAM in {} memslot(s), guest entry {:#x}, free memory from {:#x}",
+            vm.layout.mem_bytes >> 10,
+            vm.slots.len(),
+            vm.entry,
+            vm.layout.free_start
+        );
+
+        let tsc_hz = arch::tsc_hz();
+        let release = || START.store(true, Ordering::Release);
+        let outcome = if dirty {
+            dirtylog::activate();
+            Some(dirtylog::controller(vm, release))
+        } else {
+            release();
+            REPORTS[0].call_once(|| vcpu::run(vm, 0, 0));
+            None
+        };
+        let reports: Vec<&VcpuReport> = (0..vcpus as usize).map(|i| REPORTS[i].wait()).collect();
+        let ok = reports.iter().all(|r| r.ok()) && outcome.as_ref().is_none_or(|o| o.ok);
+        summary::print(vm, &reports, outcome.as_ref(), tsc_hz, ok);
         vmx::on::disable();
         info!("VMXOFF ok");
-        Ok(())
+        Ok(ok)
+    }
+
+    /// Starts application processors until `wanted` cores (with this one)
+    /// run; returns how many do.
+    fn start_cores(boot: &BootInfo, phys_offset: u64, wanted: usize) -> usize {
+        if wanted <= 1 {
+            return 1;
+        }
+        let mut alloc = |n: u64| mem::alloc_zeroed(n);
+        match smp::start_aps(
+            boot.rsdp_addr.into_option(),
+            phys_offset,
+            &boot.memory_regions,
+            &mut alloc,
+            wanted,
+            ap_entry,
+        ) {
+            Ok(started) => {
+                for id in &started.failed {
+                    error!("core with APIC ID {id} did not start; going on without it");
+                }
+                info!("{} core(s) online", started.count);
+                started.count
+            }
+            Err(e) => {
+                error!("starting application processors: {e}; running on the boot core only");
+                1
+            }
+        }
     }
 
     #[panic_handler]

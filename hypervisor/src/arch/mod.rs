@@ -1,8 +1,12 @@
 //! Code that touches the CPU directly: descriptor tables, interrupts, how a
 //! run ends. Only built for `x86_64-unknown-none`.
 
+pub mod apic;
 pub mod gdt;
 pub mod idt;
+pub mod paging;
+pub mod timer;
+pub mod trampoline;
 
 use core::sync::atomic::{AtomicBool, Ordering};
 use x86_64::instructions::port::Port;
@@ -54,4 +58,24 @@ pub fn halt_forever() -> ! {
         x86_64::instructions::interrupts::disable();
         x86_64::instructions::hlt();
     }
+}
+
+/// The time-stamp counter (emulated under Bochs with `clock: sync=none`,
+/// where it follows the instruction count).
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC has no side effects.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// The TSC frequency from CPUID leaf 0x15 (crystal clock × ratio), or 0 when
+/// the CPU does not say.
+pub fn tsc_hz() -> u64 {
+    if core::arch::x86_64::__cpuid(0).eax < 0x15 {
+        return 0;
+    }
+    let r = core::arch::x86_64::__cpuid(0x15);
+    if r.eax == 0 || r.ebx == 0 || r.ecx == 0 {
+        return 0;
+    }
+    u64::from(r.ecx) * u64::from(r.ebx) / u64::from(r.eax)
 }

@@ -9,3 +9,5 @@ pub mod fields;
 pub mod entry;
 #[cfg(target_os = "none")]
 pub mod on;
+#[cfg(target_os = "none")]
+pub mod vmcs;

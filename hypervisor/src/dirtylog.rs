@@ -1,0 +1,466 @@
+//! The dirty-log run: the boot core plays dirty_log_perf_test's main thread
+//! (the controller) while every other core runs one vCPU of the `dirtylog`
+//! guest, each writing its own region.
+//!
+//! Phases, with KVM's names: "Populate memory" (the guest's first pass, log
+//! off), "Enabling dirty logging", then per iteration "dirty memory" (one
+//! pass of every vCPU), "get dirty log" (the bitmaps are swapped out) and
+//! "clear dirty log" (exactly the harvested pages are write-protected again
+//! and every core's EPT translations are flushed), and "Disabling dirty
+//! logging".
+//!
+//! Two modes. `sync` (the benchmark): vCPUs wait in HC_ITERATION_DONE while
+//! the controller reads the log, so each iteration's dirty pages must equal
+//! the pages written, exactly. `concurrent` (the exactness test): vCPUs never
+//! wait; the controller reads and clears the log while they write, keeps a
+//! shadow copy of guest memory updated from each round's dirty pages (as live
+//! migration does), and at the end compares shadow and memory: any lost
+//! write shows up as a mismatch.
+//!
+//! TLB flushes: write-protecting a page is only safe once no core can still
+//! use a cached writable translation. The controller bumps a generation and
+//! kicks every vCPU out of the guest with an IPI; each vCPU runs INVEPT
+//! before its next entry and acknowledges the generation.
+
+use crate::abi::HC_OK;
+use crate::arch::MAX_CPUS;
+use crate::frames::FRAME;
+use crate::memslot::SlotFlags;
+use crate::vcpu::Vcpu;
+use crate::vm::Vm;
+use crate::vmx::vmcs;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use spin::Mutex;
+
+/// Passes completed by each vCPU (the guest's HC_ITERATION_DONE argument).
+static DONE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Highest pass the vCPUs may start (sync mode).
+static GO: AtomicU64 = AtomicU64::new(1);
+static STOP: AtomicBool = AtomicBool::new(false);
+/// EPT flush generation, and what each vCPU has flushed up to.
+static EPT_GEN: AtomicU64 = AtomicU64::new(0);
+static EPT_ACK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// Each vCPU's counters as of its last HC_ITERATION_DONE.
+static SNAPSHOT: [Mutex<Counters>; MAX_CPUS] = [const { Mutex::new(Counters::ZERO) }; MAX_CPUS];
+/// Whether this run is a dirty-log run (so vCPUs follow the protocol).
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Counters {
+    pub exits: u64,
+    pub ept_violations: u64,
+    pub vcpu_hits: u64,
+    pub vm_hits: u64,
+    pub searches: u64,
+    pub misses: u64,
+}
+
+impl Counters {
+    const ZERO: Counters = Counters {
+        exits: 0,
+        ept_violations: 0,
+        vcpu_hits: 0,
+        vm_hits: 0,
+        searches: 0,
+        misses: 0,
+    };
+    fn of(v: &Vcpu) -> Self {
+        let l = &v.slot_cache.stats;
+        Counters {
+            exits: v.stats.total_exits(),
+            ept_violations: v.stats.exits[crate::vmx::exit::ExitReason::EptViolation.as_index()],
+            vcpu_hits: l.vcpu_hits,
+            vm_hits: l.vm_hits,
+            searches: l.searches,
+            misses: l.misses,
+        }
+    }
+    fn minus(self, o: Counters) -> Counters {
+        Counters {
+            exits: self.exits - o.exits,
+            ept_violations: self.ept_violations - o.ept_violations,
+            vcpu_hits: self.vcpu_hits - o.vcpu_hits,
+            vm_hits: self.vm_hits - o.vm_hits,
+            searches: self.searches - o.searches,
+            misses: self.misses - o.misses,
+        }
+    }
+    fn plus(self, o: Counters) -> Counters {
+        Counters {
+            exits: self.exits + o.exits,
+            ept_violations: self.ept_violations + o.ept_violations,
+            vcpu_hits: self.vcpu_hits + o.vcpu_hits,
+            vm_hits: self.vm_hits + o.vm_hits,
+            searches: self.searches + o.searches,
+            misses: self.misses + o.misses,
+        }
+    }
+}
+
+/// Called by every vCPU before each VM entry: flush EPT translations when
+/// the controller asked for it.
+#[inline]
+pub fn before_entry(v: &Vcpu, seen: &mut u64) {
+    let gen = EPT_GEN.load(Ordering::Acquire);
+    if gen != *seen {
+        vmcs::invept(v.vm.ept.eptp(), v.vm.invept_single);
+        *seen = gen;
+        EPT_ACK[v.id as usize].store(gen, Ordering::Release);
+    }
+}
+
+/// A vCPU that stopped can no longer use any translation.
+pub fn vcpu_stopped(id: u32) {
+    EPT_ACK[id as usize].store(u64::MAX, Ordering::Release);
+    DONE[id as usize].store(u64::MAX, Ordering::Release);
+}
+
+/// HC_ITERATION_DONE(pass): record the pass and the counters; in sync mode
+/// wait for the controller. Returns 0 to go on, 1 to stop.
+pub fn iteration_done(v: &mut Vcpu, pass: u64) -> u64 {
+    if !ACTIVE.load(Ordering::Acquire) {
+        return 1; // not a dirty-log run: nothing to wait for
+    }
+    let id = v.id as usize;
+    *SNAPSHOT[id].lock() = Counters::of(v);
+    DONE[id].store(pass, Ordering::Release);
+    let mut seen = EPT_ACK[id].load(Ordering::Relaxed);
+    loop {
+        if STOP.load(Ordering::Acquire) {
+            return 1;
+        }
+        if v.vm.config.dirty_concurrent || GO.load(Ordering::Acquire) > pass {
+            return HC_OK;
+        }
+        // Parked outside the guest: still answer flush requests.
+        before_entry(v, &mut seen);
+        core::hint::spin_loop();
+    }
+}
+
+/// Marks the run as a dirty-log run. Call before any vCPU starts.
+pub fn activate() {
+    ACTIVE.store(true, Ordering::Release);
+}
+
+fn wait_all(vcpus: u32, pass: u64) {
+    for done in &DONE[..vcpus as usize] {
+        while done.load(Ordering::Acquire) < pass {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+fn counters(vcpus: u32) -> Counters {
+    (0..vcpus as usize).fold(Counters::ZERO, |a, id| a.plus(*SNAPSHOT[id].lock()))
+}
+
+/// Makes every vCPU drop its cached EPT translations, and waits until all
+/// have (or have stopped).
+fn flush_all(vcpus: u32) {
+    let gen = EPT_GEN.fetch_add(1, Ordering::AcqRel) + 1;
+    crate::smp::kick_others();
+    for ack in &EPT_ACK[..vcpus as usize] {
+        while ack.load(Ordering::Acquire) < gen {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+pub struct Phase {
+    pub name: String,
+    pub cycles: u64,
+    pub counters: Counters,
+    /// (pages written, pages dirty) for "dirty memory" phases.
+    pub pages: Option<(u64, u64)>,
+}
+
+pub struct Outcome {
+    pub phases: Vec<Phase>,
+    pub pages_per_vcpu: u64,
+    /// Concurrent mode: pages whose shadow copy differs from memory.
+    pub mismatches: Option<u64>,
+    pub rounds: u64,
+    pub ok: bool,
+}
+
+struct Harvest {
+    /// Per slot id: the swapped-out bitmap words.
+    words: Vec<Vec<u64>>,
+}
+
+impl Harvest {
+    fn new(vm: &Vm) -> Self {
+        Harvest {
+            words: vm
+                .dirty
+                .iter()
+                .map(|b| vec![0; crate::dirty::words_needed(b.npages())])
+                .collect(),
+        }
+    }
+    fn pages(&self) -> u64 {
+        self.words
+            .iter()
+            .flatten()
+            .map(|w| u64::from(w.count_ones()))
+            .sum()
+    }
+    /// Every harvested gfn.
+    fn for_each_gfn(&self, vm: &Vm, mut f: impl FnMut(u64)) {
+        for slot in vm.test_slots() {
+            let base = slot.base_gfn();
+            for (wi, &w) in self.words[usize::from(slot.id())].iter().enumerate() {
+                let mut w = w;
+                while w != 0 {
+                    let bit = w.trailing_zeros() as u64;
+                    f(base + wi as u64 * 64 + bit);
+                    w &= w - 1;
+                }
+            }
+        }
+    }
+}
+
+/// "get dirty log": swap every logged slot's bitmap out.
+fn get_log(vm: &Vm, h: &mut Harvest) {
+    for slot in vm.test_slots() {
+        let id = usize::from(slot.id());
+        let _ = vm.dirty[id].get_and_clear(&mut h.words[id], |_| {});
+    }
+}
+
+/// "clear dirty log": write-protect exactly the harvested pages, then flush.
+fn clear_log(vm: &Vm, h: &Harvest) {
+    h.for_each_gfn(vm, |gfn| {
+        vm.ept.write_protect(gfn * FRAME);
+    });
+    flush_all(vm.vcpus);
+}
+
+struct Shadow {
+    bytes: Vec<u8>,
+}
+
+impl Shadow {
+    fn copy_page(&mut self, vm: &Vm, gfn: u64) {
+        let at = (gfn * FRAME) as usize;
+        let _ = vm
+            .guest_mem()
+            .read(gfn * FRAME, &mut self.bytes[at..at + FRAME as usize]);
+    }
+}
+
+/// Runs the controller on the boot core while `vm.vcpus` vCPUs run on the
+/// other cores. `release` starts them.
+pub fn controller(vm: &Vm, release: impl FnOnce()) -> Outcome {
+    let vcpus = vm.vcpus;
+    let concurrent = vm.config.dirty_concurrent;
+    let iterations = u64::from(vm.config.iterations);
+    let pages_per_vcpu = vm.config.bytes_per_vcpu / FRAME;
+    let mut phases = Vec::new();
+    // A phase from `t0` to now.
+    let mut phase = |name: String, t0: u64, c: Counters, pages: Option<(u64, u64)>| {
+        let cycles = crate::arch::rdtsc() - t0;
+        phases.push(Phase {
+            name,
+            cycles,
+            counters: c,
+            pages,
+        });
+    };
+    let mut ok = true;
+    let mut h = Harvest::new(vm);
+
+    let t = crate::arch::rdtsc();
+    release();
+    wait_all(vcpus, 1);
+    let c1 = counters(vcpus);
+    phase("Populate memory".into(), t, c1, None);
+
+    // Enabling: flag first (SeqCst), then protect what is mapped; a vCPU
+    // that maps a page in between sees the flag and logs it (exits/ept.rs).
+    let t = crate::arch::rdtsc();
+    for slot in vm.test_slots() {
+        vm.dirty[usize::from(slot.id())].clear_all();
+        slot.insert_flags(SlotFlags::DIRTY_LOG);
+        let _ = vm
+            .ept
+            .write_protect_range(slot.base_gfn() * FRAME, slot.npages() * FRAME);
+    }
+    flush_all(vcpus);
+    phase("Enabling dirty logging".into(), t, Counters::ZERO, None);
+
+    let mut shadow = concurrent.then(|| {
+        let mut bytes = vec![0u8; vm.layout.mem_bytes as usize];
+        let _ = vm.guest_mem().read(0, &mut bytes);
+        Shadow { bytes }
+    });
+
+    let mut prev = c1;
+    let mut iteration_pages = Vec::new();
+    let mut rounds = 0;
+    for k in 1..=iterations {
+        let t = crate::arch::rdtsc();
+        if concurrent {
+            // Let the vCPUs write for a while: until each finished one more pass.
+            let target = (0..vcpus as usize)
+                .map(|i| DONE[i].load(Ordering::Acquire))
+                .min()
+                .unwrap_or(0)
+                + 1;
+            wait_all(vcpus, target);
+        } else {
+            GO.store(k + 1, Ordering::Release);
+            wait_all(vcpus, k + 1);
+        }
+        let now = counters(vcpus);
+        let written = if concurrent {
+            0
+        } else {
+            u64::from(vcpus) * pages_per_vcpu
+        };
+        phase(
+            alloc::format!("Iteration {k} dirty memory"),
+            t,
+            now.minus(prev),
+            None,
+        );
+        let t = crate::arch::rdtsc();
+        get_log(vm, &mut h);
+        let dirty = h.pages();
+        phase(
+            alloc::format!("Iteration {k} get dirty log"),
+            t,
+            Counters::ZERO,
+            None,
+        );
+        if !concurrent && dirty != written {
+            ok = false;
+        }
+        iteration_pages.push((written, dirty));
+        let t = crate::arch::rdtsc();
+        clear_log(vm, &h);
+        if let Some(s) = shadow.as_mut() {
+            h.for_each_gfn(vm, |gfn| s.copy_page(vm, gfn));
+        }
+        phase(
+            alloc::format!("Iteration {k} clear dirty log"),
+            t,
+            Counters::ZERO,
+            None,
+        );
+        prev = now;
+        rounds += 1;
+    }
+
+    // Stop the vCPUs. In concurrent mode they may be mid-pass: logging stays
+    // on until every vCPU is out of the guest for good, and the final
+    // harvest catches their last writes.
+    STOP.store(true, Ordering::Release);
+    wait_all(vcpus, u64::MAX);
+    let mut mismatches = None;
+    if let Some(s) = shadow.as_mut() {
+        get_log(vm, &mut h);
+        h.for_each_gfn(vm, |gfn| s.copy_page(vm, gfn));
+        let mut bad = 0;
+        let mut page = vec![0u8; FRAME as usize];
+        // Only logged memory can be compared: the base slot (stacks) is not.
+        for gfn in vm.test_base / FRAME..vm.mem_pages() {
+            let _ = vm.guest_mem().read(gfn * FRAME, &mut page);
+            let at = (gfn * FRAME) as usize;
+            if s.bytes[at..at + FRAME as usize] != page[..] {
+                bad += 1;
+            }
+        }
+        if bad != 0 {
+            ok = false;
+        }
+        mismatches = Some(bad);
+    }
+    let t = crate::arch::rdtsc();
+    for slot in vm.test_slots() {
+        slot.remove_flags(SlotFlags::DIRTY_LOG);
+    }
+    // Restore write access everywhere it was taken.
+    for slot in vm.test_slots() {
+        for gfn in slot.base_gfn()..slot.end_gfn() {
+            vm.ept.make_writable(gfn * FRAME);
+        }
+    }
+    phase("Disabling dirty logging".into(), t, Counters::ZERO, None);
+    let dirty_phases = phases
+        .iter_mut()
+        .filter(|p| p.name.ends_with("dirty memory"));
+    for (p, pages) in dirty_phases.zip(iteration_pages) {
+        p.pages = Some(pages);
+    }
+    Outcome {
+        phases,
+        pages_per_vcpu,
+        mismatches,
+        rounds,
+        ok,
+    }
+}
+
+impl Outcome {
+    /// KVM-style lines, then the per-phase table.
+    pub fn print(&self) {
+        for p in &self.phases {
+            crate::println!("{} time: {} cycles", p.name, p.cycles);
+        }
+        for p in &self.phases {
+            let c = &p.counters;
+            let mut line = String::new();
+            let _ = write!(
+                line,
+                "  {:<34} exits {:>8}  EPT violations {:>8}  lookups: vcpu hit {} vm hit {} search {} miss {}",
+                p.name, c.exits, c.ept_violations, c.vcpu_hits, c.vm_hits, c.searches, c.misses
+            );
+            if let Some((w, d)) = p.pages {
+                let _ = write!(line, "  pages written {w} dirty {d}");
+            }
+            crate::println!("{line}");
+        }
+        if let Some(m) = self.mismatches {
+            crate::println!(
+                "dirty log exactness (concurrent, {} rounds): {m} page(s) differ between the shadow copy and guest memory",
+                self.rounds
+            );
+        }
+    }
+
+    /// The `dirty_log` member of the SUMMARY JSON.
+    pub fn json(&self, out: &mut String) {
+        let _ = write!(
+            out,
+            "{{\"pages_per_vcpu\":{},\"ok\":{},",
+            self.pages_per_vcpu, self.ok
+        );
+        if let Some(m) = self.mismatches {
+            let _ = write!(out, "\"mismatches\":{m},\"rounds\":{},", self.rounds);
+        }
+        out.push_str("\"phases\":[");
+        for (i, p) in self.phases.iter().enumerate() {
+            let c = &p.counters;
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"name\":\"{}\",\"cycles\":{},\"exits\":{},\"ept_violations\":{},\"lookups\":{{\"vcpu_hit\":{},\"vm_hit\":{},\"search\":{},\"miss\":{}}}",
+                p.name, p.cycles, c.exits, c.ept_violations, c.vcpu_hits, c.vm_hits, c.searches, c.misses
+            );
+            if let Some((w, d)) = p.pages {
+                let _ = write!(out, ",\"pages_written\":{w},\"pages_dirty\":{d}");
+            }
+            out.push('}');
+        }
+        out.push_str("]}");
+    }
+}
