@@ -11,6 +11,7 @@
 //! ```
 
 mod artifacts;
+mod bench_dirty;
 mod emu;
 mod nospec;
 mod setup;
@@ -96,6 +97,9 @@ impl GuestSpec {
         if slots == 0 || slots > 509 {
             bail!("--slots {slots}: use 1 to 509");
         }
+        if !(mem_mib * 256).is_multiple_of(u64::from(slots)) {
+            bail!("--mem {mem_mib} MiB does not split into {slots} slots of whole 4 KiB pages");
+        }
         Ok(GuestSpec {
             guest: a.value("--guest")?.unwrap_or_else(|| "smoke".into()),
             mem_mib,
@@ -116,6 +120,15 @@ impl GuestSpec {
             s.push_str(&format!("{k}={v}\n"));
         }
         s
+    }
+
+    /// Cores the machine needs: one per vCPU, plus the dirty-log controller.
+    pub fn machine_cores(&self) -> u32 {
+        let dirty = self
+            .extra
+            .iter()
+            .any(|(k, v)| k == "iterations" && v != "0");
+        self.cpus.max(1) + dirty as u32
     }
 
     /// Machine memory for an emulator: the guest's plus room for the
@@ -272,6 +285,7 @@ fn cmd_bench(mut a: Args) -> Result<i32> {
             let ok = c.status().context("running cargo bench")?.success();
             Ok(if ok { 0 } else { 1 })
         }
+        "dirty-log" => bench_dirty::cmd(a),
         _ => bail!("usage: cargo xtask bench memslot [--quick]"),
     }
 }

@@ -33,6 +33,7 @@ pub struct Case {
 }
 
 fn guest(name: &str, mem_mib: u64, slots: u32) -> GuestSpec {
+    // cpus is set from the case.
     GuestSpec {
         guest: name.into(),
         mem_mib,
@@ -47,11 +48,136 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// The SUMMARY JSON object of a log.
+pub fn summary(log: &str) -> Result<serde_json::Value, String> {
+    let line = log
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("SUMMARY "))
+        .ok_or("no SUMMARY line")?;
+    serde_json::from_str(line).map_err(|e| format!("SUMMARY is not JSON: {e}"))
+}
+
+fn num(v: &serde_json::Value, path: &[&str]) -> Result<u64, String> {
+    let mut at = v;
+    for p in path {
+        at = match p.parse::<usize>() {
+            Ok(i) => &at[i],
+            Err(_) => &at[*p],
+        };
+    }
+    at.as_u64()
+        .ok_or_else(|| format!("SUMMARY has no number at {}", path.join(".")))
+}
+
+/// memtouch touches every page of guest RAM once: one EPT violation and one
+/// mapping per page, no more, no less.
+fn memtouch_check(log: &str) -> Result<(), String> {
+    let s = summary(log)?;
+    let pages = num(&s, &["mem_pages"])?;
+    let vcpus = s["vcpu"].as_array().ok_or("no vcpu array")?;
+    let (mut faults, mut mapped) = (0, 0);
+    for i in 0..vcpus.len() {
+        let i = i.to_string();
+        faults += num(&s, &["vcpu", &i, "exits", "EPT violation"])?;
+        mapped += num(&s, &["vcpu", &i, "ept_mapped"])?;
+    }
+    let spurious: u64 = (0..vcpus.len())
+        .map(|i| num(&s, &["vcpu", &i.to_string(), "ept_spurious"]).unwrap_or(0))
+        .sum();
+    if mapped != pages || faults != pages + spurious || num(&s, &["ept", "leaves_4k"])? != pages {
+        return Err(format!(
+            "{pages} guest pages, but {faults} EPT violations ({spurious} already resolved) and {mapped} pages mapped"
+        ));
+    }
+    Ok(())
+}
+
+/// Every vCPU reported PASS and shut down cleanly.
+fn all_vcpus_pass(s: &serde_json::Value, want: usize) -> Result<(), String> {
+    let vcpus = s["vcpu"].as_array().ok_or("no vcpu array")?;
+    if vcpus.len() != want {
+        return Err(format!("{} vCPUs ran, {want} expected", vcpus.len()));
+    }
+    for (i, v) in vcpus.iter().enumerate() {
+        if v["status"] != "ok" || v["report"]["status"] != 0 {
+            return Err(format!("vCPU {i} did not pass: {v}"));
+        }
+    }
+    Ok(())
+}
+
+/// Four vCPUs touch every page between them: each page mapped exactly once.
+fn smp_memtouch_check(log: &str) -> Result<(), String> {
+    all_vcpus_pass(&summary(log)?, 4)?;
+    memtouch_check(log)
+}
+
+/// Two vCPUs fault on the same pages at once: both go on, each page is
+/// mapped once, and the race really happened (some faults found the page
+/// already mapped by the other vCPU).
+fn pagerace_check(log: &str) -> Result<(), String> {
+    let s = summary(log)?;
+    all_vcpus_pass(&s, 2)?;
+    let mapped: u64 = (0..2)
+        .map(|i| num(&s, &["vcpu", &i.to_string(), "ept_mapped"]))
+        .sum::<Result<_, _>>()?;
+    let spurious: u64 = (0..2)
+        .map(|i| num(&s, &["vcpu", &i.to_string(), "ept_spurious"]))
+        .sum::<Result<_, _>>()?;
+    let leaves = num(&s, &["ept", "leaves_4k"])?;
+    if mapped != leaves {
+        return Err(format!(
+            "vCPUs mapped {mapped} pages but the EPT holds {leaves}: a page was mapped twice"
+        ));
+    }
+    if spurious == 0 {
+        return Err("no fault found its page already mapped: the vCPUs never raced".into());
+    }
+    Ok(())
+}
+
+/// Sync dirty logging: every iteration's dirty pages equal the pages written.
+fn dirty_sync_check(log: &str) -> Result<(), String> {
+    let s = summary(log)?;
+    all_vcpus_pass(&s, 2)?;
+    let phases = s["dirty_log"]["phases"]
+        .as_array()
+        .ok_or("no dirty_log phases")?;
+    let mut iterations = 0;
+    for p in phases.iter().filter(|p| {
+        p["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("dirty memory"))
+    }) {
+        iterations += 1;
+        let (w, d) = (p["pages_written"].as_u64(), p["pages_dirty"].as_u64());
+        if w.is_none() || w != d || w == Some(0) {
+            return Err(format!("{}: pages written {w:?}, dirty {d:?}", p["name"]));
+        }
+    }
+    if iterations != 3 {
+        return Err(format!("{iterations} iterations, 3 expected"));
+    }
+    Ok(())
+}
+
+/// Concurrent dirty logging: the shadow copy kept from the log equals memory.
+fn dirty_concurrent_check(log: &str) -> Result<(), String> {
+    let s = summary(log)?;
+    all_vcpus_pass(&s, 2)?;
+    match s["dirty_log"]["mismatches"].as_u64() {
+        Some(0) if s["dirty_log"]["ok"] == true => Ok(()),
+        m => Err(format!(
+            "shadow copy differs from guest memory on {m:?} page(s): a write was lost"
+        )),
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     let mut v = Vec::new();
     for model in ["corei7_skylake_x", "tigerlake", "corei7_haswell_4770"] {
         v.push(Case {
-            name: format!("bochs-{model}-vmxon"),
+            name: format!("bochs-{model}-smoke"),
             guest: guest("smoke", 16, 1),
             features: &[],
             backend: Backend::Bochs,
@@ -60,9 +186,104 @@ pub fn cases() -> Vec<Case> {
             cpu_model: Some(model),
             timeout: 300,
             verdict: Verdict::Success,
-            contains: strings(&["IA32_VMX_BASIC", "VMXON ok", "VMXOFF ok"]),
-            absent: strings(&["PANIC", "EXCEPTION"]),
+            contains: strings(&[
+                "IA32_VMX_BASIC",
+                "VMXON ok",
+                "[vcpu0] hello from the guest",
+                "signature \"RustHyperVMX\"",
+                "vcpu0: guest reports PASS",
+                "VMXOFF ok",
+            ]),
+            absent: strings(&["PANIC", "EXCEPTION", "CONTAINED"]),
             check: None,
+        });
+    }
+    for slots in [1, 8, 64] {
+        v.push(Case {
+            name: format!("bochs-memtouch-{slots}-slots"),
+            guest: guest("memtouch", 16, slots),
+            features: &[],
+            backend: Backend::Bochs,
+            firmware: Firmware::Bios,
+            cpus: 1,
+            cpu_model: None,
+            timeout: 300,
+            verdict: Verdict::Success,
+            contains: strings(&["vcpu0: guest reports PASS"]),
+            absent: strings(&["PANIC", "EXCEPTION", "CONTAINED"]),
+            check: Some(memtouch_check),
+        });
+    }
+    v.push(Case {
+        name: "bochs-unbacked-contained".into(),
+        guest: guest("unbacked", 16, 4),
+        features: &[],
+        backend: Backend::Bochs,
+        firmware: Firmware::Bios,
+        cpus: 1,
+        cpu_model: None,
+        timeout: 300,
+        verdict: Verdict::Failure,
+        contains: strings(&[
+            "vcpu0: CONTAINED: access to memory no memslot backs: gpa=0x1100000 gfn=0x1100 access=write rip=",
+        ]),
+        absent: strings(&["PANIC", "EXCEPTION", "FAIL: write to unbacked memory was not contained"]),
+        check: None,
+    });
+    let mut smp = guest("memtouch", 16, 4);
+    smp.cpus = 4;
+    v.push(Case {
+        name: "bochs-smp-4-vcpus-memtouch".into(),
+        guest: smp,
+        features: &[],
+        backend: Backend::Bochs,
+        firmware: Firmware::Bios,
+        cpus: 4,
+        cpu_model: None,
+        timeout: 400,
+        verdict: Verdict::Success,
+        contains: strings(&["vcpu3: guest reports PASS"]),
+        absent: strings(&["PANIC", "EXCEPTION", "CONTAINED", "did not start"]),
+        check: Some(smp_memtouch_check),
+    });
+    v.push(Case {
+        name: "bochs-smp-pagerace".into(),
+        guest: guest("pagerace", 16, 2),
+        features: &[],
+        backend: Backend::Bochs,
+        firmware: Firmware::Bios,
+        cpus: 2,
+        cpu_model: None,
+        timeout: 400,
+        verdict: Verdict::Success,
+        contains: strings(&["vcpu1: guest reports PASS"]),
+        absent: strings(&["PANIC", "EXCEPTION", "CONTAINED"]),
+        check: Some(pagerace_check),
+    });
+    for (mode, check) in [
+        ("sync", dirty_sync_check as LogCheck),
+        ("concurrent", dirty_concurrent_check),
+    ] {
+        let mut g = guest("dirtylog", 2, 4);
+        g.cpus = 2;
+        g.extra = vec![
+            ("iterations".into(), "3".into()),
+            ("bytes_per_vcpu".into(), "0x40000".into()),
+            ("dirty_mode".into(), mode.into()),
+        ];
+        v.push(Case {
+            name: format!("bochs-dirty-log-{mode}"),
+            guest: g,
+            features: &[],
+            backend: Backend::Bochs,
+            firmware: Firmware::Bios,
+            cpus: 2,
+            cpu_model: None,
+            timeout: 600,
+            verdict: Verdict::Success,
+            contains: strings(&["Iteration 3 dirty memory time"]),
+            absent: strings(&["PANIC", "EXCEPTION", "CONTAINED"]),
+            check: Some(check),
         });
     }
     let refusal = "VMX is not available on this CPU:";
@@ -214,10 +435,12 @@ pub fn cmd_test(mut a: Args) -> Result<i32> {
                     *n - 1
                 };
                 let Some(c) = cases.get(i) else { break };
+                let mut g = c.guest.clone();
+                g.cpus = c.cpus;
                 let spec = RunSpec {
                     backend: c.backend,
                     firmware: c.firmware,
-                    cpus: c.cpus,
+                    cpus: g.machine_cores(),
                     cpu_model: c.cpu_model.map(str::to_string),
                     timeout: Duration::from_secs(c.timeout),
                     mem_mib: c.guest.machine_mib(),
@@ -262,4 +485,86 @@ pub fn cmd_test(mut a: Args) -> Result<i32> {
     );
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn log_with(summary: &str) -> String {
+        format!("boot\nSUMMARY {summary}\nHV RESULT: SUCCESS\n")
+    }
+
+    #[test]
+    fn memtouch_check_counts_pages() {
+        let good = r#"{"mem_pages":4,"ept":{"leaves_4k":4},"vcpu":[{"exits":{"EPT violation":4},"ept_mapped":4,"ept_spurious":0}]}"#;
+        assert_eq!(memtouch_check(&log_with(good)), Ok(()));
+        let extra_fault = good.replace("\"EPT violation\":4", "\"EPT violation\":5");
+        assert!(memtouch_check(&log_with(&extra_fault)).is_err());
+        let missing = good.replace("\"ept_mapped\":4", "\"ept_mapped\":3");
+        assert!(memtouch_check(&log_with(&missing)).is_err());
+        assert!(memtouch_check("no summary here").is_err());
+    }
+
+    #[test]
+    fn pagerace_needs_a_real_race() {
+        let v = |m: u64, s: u64| {
+            format!(
+                r#"{{"status":"ok","report":{{"status":0}},"ept_mapped":{m},"ept_spurious":{s}}}"#
+            )
+        };
+        let raced = format!(
+            r#"{{"ept":{{"leaves_4k":10}},"vcpu":[{},{}]}}"#,
+            v(6, 2),
+            v(4, 3)
+        );
+        assert_eq!(pagerace_check(&log_with(&raced)), Ok(()));
+        let no_race = format!(
+            r#"{{"ept":{{"leaves_4k":10}},"vcpu":[{},{}]}}"#,
+            v(6, 0),
+            v(4, 0)
+        );
+        assert!(pagerace_check(&log_with(&no_race)).is_err());
+        let double = format!(
+            r#"{{"ept":{{"leaves_4k":9}},"vcpu":[{},{}]}}"#,
+            v(6, 2),
+            v(4, 3)
+        );
+        assert!(pagerace_check(&log_with(&double)).is_err());
+    }
+
+    #[test]
+    fn dirty_checks_catch_mismatches() {
+        let vcpu = r#"{"status":"ok","report":{"status":0}}"#;
+        let phase = |n: u32, w: u64, d: u64| {
+            format!(
+                r#"{{"name":"Iteration {n} dirty memory","pages_written":{w},"pages_dirty":{d}}}"#
+            )
+        };
+        let mk = |d3: u64| {
+            format!(
+                r#"{{"vcpu":[{vcpu},{vcpu}],"dirty_log":{{"ok":true,"phases":[{},{},{}]}}}}"#,
+                phase(1, 128, 128),
+                phase(2, 128, 128),
+                phase(3, 128, d3)
+            )
+        };
+        assert_eq!(dirty_sync_check(&log_with(&mk(128))), Ok(()));
+        assert!(dirty_sync_check(&log_with(&mk(127))).is_err());
+        let conc = |m: u64| {
+            format!(
+                r#"{{"vcpu":[{vcpu},{vcpu}],"dirty_log":{{"ok":{},"mismatches":{m}}}}}"#,
+                m == 0
+            )
+        };
+        assert_eq!(dirty_concurrent_check(&log_with(&conc(0))), Ok(()));
+        assert!(dirty_concurrent_check(&log_with(&conc(2))).is_err());
+    }
+
+    #[test]
+    fn judge_reports_every_problem() {
+        let c = &cases()[0];
+        let bad = judge(c, Verdict::Failure, "nothing");
+        assert!(bad.len() >= 2, "{bad:?}");
+    }
 }
