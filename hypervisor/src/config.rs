@@ -26,6 +26,9 @@ pub struct RunConfig<'a> {
     /// benchmark); `true` = they keep writing while the controller reads and
     /// clears the log (the exactness test).
     pub dirty_concurrent: bool,
+    /// Make the memslot with this index (0-based, in guest-physical order)
+    /// read-only: a guest write to it is contained.
+    pub readonly_slot: Option<u32>,
 }
 
 impl Default for RunConfig<'_> {
@@ -40,6 +43,7 @@ impl Default for RunConfig<'_> {
             iterations: 0,
             bytes_per_vcpu: 0,
             dirty_concurrent: false,
+            readonly_slot: None,
         }
     }
 }
@@ -100,6 +104,9 @@ impl<'a> RunConfig<'a> {
                     c.iterations = u32::try_from(num()?).map_err(|_| err("too large"))?
                 }
                 "bytes_per_vcpu" => c.bytes_per_vcpu = num()?,
+                "readonly_slot" => {
+                    c.readonly_slot = Some(u32::try_from(num()?).map_err(|_| err("too large"))?)
+                }
                 "dirty_mode" => {
                     c.dirty_concurrent = match value {
                         "sync" => false,
@@ -120,6 +127,12 @@ impl<'a> RunConfig<'a> {
             return Err(ConfigError {
                 line: "bytes_per_vcpu",
                 reason: "a dirty-log run needs bytes_per_vcpu, a non-zero multiple of 4096",
+            });
+        }
+        if c.readonly_slot.is_some_and(|i| i >= c.slots) {
+            return Err(ConfigError {
+                line: "readonly_slot",
+                reason: "there is no memslot with that index",
             });
         }
         if c.slots == 0 {
@@ -148,6 +161,9 @@ mod tests {
         assert_eq!(c.cache, "vm");
         assert!(c.emulator);
         assert_eq!(c.cpus, 0);
+        assert_eq!(c.readonly_slot, None);
+        let ro = RunConfig::parse("slots=4\nreadonly_slot=3").unwrap();
+        assert_eq!(ro.readonly_slot, Some(3));
         assert_eq!(RunConfig::parse("").unwrap(), RunConfig::default());
     }
 
@@ -165,6 +181,7 @@ mod tests {
             "dirty_mode=sometimes",
             "iterations=2\nbytes_per_vcpu=100",
             "iterations=2",
+            "slots=2\nreadonly_slot=2",
         ] {
             assert!(RunConfig::parse(bad).is_err(), "{bad} accepted");
         }

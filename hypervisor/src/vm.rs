@@ -161,7 +161,11 @@ impl Vm {
         let mem_bytes = test_base + test_bytes;
         let slot_bytes = test_bytes / nslots;
         let mut slots = Memslots::new(cache);
-        let add = |slots: &mut Memslots, gpa: u64, bytes: u64| -> Result<(), String> {
+        let add = |slots: &mut Memslots,
+                   gpa: u64,
+                   bytes: u64,
+                   flags: SlotFlags|
+         -> Result<(), String> {
             let host = mem::alloc_raw(bytes / FRAME).ok_or_else(|| {
                 format!(
                     "out of host memory for guest RAM: a slot at {gpa:#x} needs {} KiB, {} KiB left",
@@ -170,15 +174,20 @@ impl Vm {
                 )
             })?;
             slots
-                .insert(gpa, bytes, host, SlotFlags::empty())
+                .insert(gpa, bytes, host, flags)
                 .map(|_| ())
                 .map_err(|e| format!("memslot at {gpa:#x}: {e}"))
         };
         if dirty_run {
-            add(&mut slots, 0, base_bytes)?;
+            add(&mut slots, 0, base_bytes, SlotFlags::empty())?;
         }
         for i in 0..nslots {
-            add(&mut slots, test_base + i * slot_bytes, slot_bytes)?;
+            let flags = if config.readonly_slot == Some(i as u32) {
+                SlotFlags::READONLY
+            } else {
+                SlotFlags::empty()
+            };
+            add(&mut slots, test_base + i * slot_bytes, slot_bytes, flags)?;
         }
         let mut dirty = Vec::new();
         for slot in slots.iter() {

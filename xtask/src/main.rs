@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask run   [--backend auto|bochs|qemu|qemu-kvm] [--firmware bios|uefi] [--cpus N]
 //!                   [--cpu-model M] [--timeout S] [--guest NAME] [--mem MIB] [--slots S]
-//!                   [--cache vcpu|vm|none] [--json]
+//!                   [--cache vcpu|vm|none] [--readonly-slot I] [--json]
 //! cargo xtask image [--out DIR] [--guest NAME] [--mem MIB] [--slots S] [--cache MODE] [--cpus N]
 //! cargo xtask test  [--host-only] [--filter TEXT]
 //! cargo xtask bench memslot [--quick]
@@ -100,13 +100,23 @@ impl GuestSpec {
         if !(mem_mib * 256).is_multiple_of(u64::from(slots)) {
             bail!("--mem {mem_mib} MiB does not split into {slots} slots of whole 4 KiB pages");
         }
+        let mut extra = Vec::new();
+        if let Some(ro) = a.parsed::<u32>("--readonly-slot")? {
+            if ro >= slots {
+                bail!(
+                    "--readonly-slot {ro}: the slots are numbered 0 to {}",
+                    slots - 1
+                );
+            }
+            extra.push(("readonly_slot".into(), ro.to_string()));
+        }
         Ok(GuestSpec {
             guest: a.value("--guest")?.unwrap_or_else(|| "smoke".into()),
             mem_mib,
             slots,
             cache,
             cpus: 0,
-            extra: Vec::new(),
+            extra,
         })
     }
 

@@ -230,6 +230,25 @@ pub fn cases() -> Vec<Case> {
         absent: strings(&["PANIC", "EXCEPTION", "FAIL: write to unbacked memory was not contained"]),
         check: None,
     });
+    let mut ro = guest("memtouch", 16, 4);
+    ro.extra = vec![("readonly_slot".into(), "3".into())];
+    v.push(Case {
+        name: "bochs-readonly-slot-contained".into(),
+        guest: ro,
+        features: &[],
+        backend: Backend::Bochs,
+        firmware: Firmware::Bios,
+        cpus: 1,
+        cpu_model: None,
+        timeout: 300,
+        verdict: Verdict::Failure,
+        // memtouch writes upwards: its first write into slot 3 is at 12 MiB.
+        contains: strings(&[
+            "vcpu0: CONTAINED: write to a read-only memslot: gpa=0xc00000 gfn=0xc00 slot=3 access=write rip=",
+        ]),
+        absent: strings(&["PANIC", "EXCEPTION", "guest reports PASS"]),
+        check: None,
+    });
     let mut smp = guest("memtouch", 16, 4);
     smp.cpus = 4;
     v.push(Case {
