@@ -173,181 +173,156 @@ fn dirty_concurrent_check(log: &str) -> Result<(), String> {
     }
 }
 
-pub fn cases() -> Vec<Case> {
-    let mut v = Vec::new();
-    for model in ["corei7_skylake_x", "tigerlake", "corei7_haswell_4770"] {
-        v.push(Case {
-            name: format!("bochs-{model}-smoke"),
-            guest: guest("smoke", 16, 1),
-            features: &[],
-            backend: Backend::Bochs,
-            firmware: Firmware::Bios,
-            cpus: 1,
-            cpu_model: Some(model),
-            timeout: 300,
-            verdict: Verdict::Success,
-            contains: strings(&[
-                "IA32_VMX_BASIC",
-                "VMXON ok",
-                "[vcpu0] hello from the guest",
-                "signature \"RustHyperVMX\"",
-                "vcpu0: guest reports PASS",
-                "VMXOFF ok",
-            ]),
-            absent: strings(&["PANIC", "EXCEPTION", "CONTAINED"]),
-            check: None,
-        });
-    }
-    for slots in [1, 8, 64] {
-        v.push(Case {
-            name: format!("bochs-memtouch-{slots}-slots"),
-            guest: guest("memtouch", 16, slots),
+impl Case {
+    /// A BIOS boot in Bochs with one CPU and the default model; no panic or
+    /// exception may show in the log.
+    fn bochs(name: impl Into<String>, guest: GuestSpec, verdict: Verdict) -> Case {
+        Case {
+            name: name.into(),
+            guest,
             features: &[],
             backend: Backend::Bochs,
             firmware: Firmware::Bios,
             cpus: 1,
             cpu_model: None,
             timeout: 300,
-            verdict: Verdict::Success,
-            contains: strings(&["vcpu0: guest reports PASS"]),
-            absent: strings(&["PANIC", "EXCEPTION", "CONTAINED"]),
-            check: Some(memtouch_check),
-        });
+            verdict,
+            contains: Vec::new(),
+            absent: strings(&["PANIC", "EXCEPTION"]),
+            check: None,
+        }
     }
-    v.push(Case {
-        name: "bochs-unbacked-contained".into(),
-        guest: guest("unbacked", 16, 4),
-        features: &[],
-        backend: Backend::Bochs,
-        firmware: Firmware::Bios,
-        cpus: 1,
-        cpu_model: None,
-        timeout: 300,
-        verdict: Verdict::Failure,
-        contains: strings(&[
-            "vcpu0: CONTAINED: access to memory no memslot backs: gpa=0x1100000 gfn=0x1100 access=write rip=",
-        ]),
-        absent: strings(&["PANIC", "EXCEPTION", "FAIL: write to unbacked memory was not contained"]),
-        check: None,
-    });
+
+    /// A QEMU TCG boot of the smoke image, which must end in a failure.
+    fn qemu(name: &str, firmware: Firmware) -> Case {
+        Case {
+            backend: Backend::Qemu,
+            firmware,
+            timeout: 180,
+            ..Case::bochs(name, guest("smoke", 16, 1), Verdict::Failure)
+        }
+    }
+
+    fn contains(mut self, s: &[&str]) -> Case {
+        self.contains.extend(strings(s));
+        self
+    }
+
+    fn absent(mut self, s: &[&str]) -> Case {
+        self.absent.extend(strings(s));
+        self
+    }
+
+    fn check(mut self, f: LogCheck) -> Case {
+        self.check = Some(f);
+        self
+    }
+
+    fn cpus(mut self, n: u32) -> Case {
+        self.cpus = n;
+        self.timeout = 600;
+        self
+    }
+}
+
+pub fn cases() -> Vec<Case> {
+    use Verdict::{Failure, Success};
+    let mut v = Vec::new();
+    for model in ["corei7_skylake_x", "tigerlake", "corei7_haswell_4770"] {
+        let mut c = Case::bochs(
+            format!("bochs-{model}-smoke"),
+            guest("smoke", 16, 1),
+            Success,
+        )
+        .contains(&[
+            "IA32_VMX_BASIC",
+            "VMXON ok",
+            "[vcpu0] hello from the guest",
+            "signature \"RustHyperVMX\"",
+            "vcpu0: guest reports PASS",
+            "VMXOFF ok",
+        ])
+        .absent(&["CONTAINED"]);
+        c.cpu_model = Some(model);
+        v.push(c);
+    }
+    for slots in [1, 8, 64] {
+        v.push(
+            Case::bochs(
+                format!("bochs-memtouch-{slots}-slots"),
+                guest("memtouch", 16, slots),
+                Success,
+            )
+            .contains(&["vcpu0: guest reports PASS"])
+            .absent(&["CONTAINED"])
+            .check(memtouch_check),
+        );
+    }
+    v.push(
+        Case::bochs("bochs-unbacked-contained", guest("unbacked", 16, 4), Failure)
+            .contains(&["vcpu0: CONTAINED: access to memory no memslot backs: gpa=0x1100000 gfn=0x1100 access=write rip="])
+            .absent(&["FAIL: write to unbacked memory was not contained"]),
+    );
     let mut ro = guest("memtouch", 16, 4);
     ro.extra = vec![("readonly_slot".into(), "3".into())];
-    v.push(Case {
-        name: "bochs-readonly-slot-contained".into(),
-        guest: ro,
-        features: &[],
-        backend: Backend::Bochs,
-        firmware: Firmware::Bios,
-        cpus: 1,
-        cpu_model: None,
-        timeout: 300,
-        verdict: Verdict::Failure,
-        // memtouch writes upwards: its first write into slot 3 is at 12 MiB.
-        contains: strings(&[
-            "vcpu0: CONTAINED: write to a read-only memslot: gpa=0xc00000 gfn=0xc00 slot=3 access=write rip=",
-        ]),
-        absent: strings(&["PANIC", "EXCEPTION", "guest reports PASS"]),
-        check: None,
-    });
-    let mut smp = guest("memtouch", 16, 4);
-    smp.cpus = 4;
-    v.push(Case {
-        name: "bochs-smp-4-vcpus-memtouch".into(),
-        guest: smp,
-        features: &[],
-        backend: Backend::Bochs,
-        firmware: Firmware::Bios,
-        cpus: 4,
-        cpu_model: None,
-        timeout: 400,
-        verdict: Verdict::Success,
-        contains: strings(&["vcpu3: guest reports PASS"]),
-        absent: strings(&["PANIC", "EXCEPTION", "CONTAINED", "did not start"]),
-        check: Some(smp_memtouch_check),
-    });
-    v.push(Case {
-        name: "bochs-smp-pagerace".into(),
-        guest: guest("pagerace", 16, 2),
-        features: &[],
-        backend: Backend::Bochs,
-        firmware: Firmware::Bios,
-        cpus: 2,
-        cpu_model: None,
-        timeout: 400,
-        verdict: Verdict::Success,
-        contains: strings(&["vcpu1: guest reports PASS"]),
-        absent: strings(&["PANIC", "EXCEPTION", "CONTAINED"]),
-        check: Some(pagerace_check),
-    });
+    // memtouch writes upwards: its first write into slot 3 is at 12 MiB.
+    v.push(
+        Case::bochs("bochs-readonly-slot-contained", ro, Failure)
+            .contains(&["vcpu0: CONTAINED: write to a read-only memslot: gpa=0xc00000 gfn=0xc00 slot=3 access=write rip="])
+            .absent(&["guest reports PASS"]),
+    );
+    v.push(
+        Case::bochs(
+            "bochs-smp-4-vcpus-memtouch",
+            guest("memtouch", 16, 4),
+            Success,
+        )
+        .cpus(4)
+        .contains(&["vcpu3: guest reports PASS"])
+        .absent(&["CONTAINED", "did not start"])
+        .check(smp_memtouch_check),
+    );
+    v.push(
+        Case::bochs("bochs-smp-pagerace", guest("pagerace", 16, 2), Success)
+            .cpus(2)
+            .contains(&["vcpu1: guest reports PASS"])
+            .absent(&["CONTAINED"])
+            .check(pagerace_check),
+    );
     for (mode, check) in [
         ("sync", dirty_sync_check as LogCheck),
         ("concurrent", dirty_concurrent_check),
     ] {
         let mut g = guest("dirtylog", 2, 4);
-        g.cpus = 2;
         g.extra = vec![
             ("iterations".into(), "3".into()),
             ("bytes_per_vcpu".into(), "0x40000".into()),
             ("dirty_mode".into(), mode.into()),
         ];
-        v.push(Case {
-            name: format!("bochs-dirty-log-{mode}"),
-            guest: g,
-            features: &[],
-            backend: Backend::Bochs,
-            firmware: Firmware::Bios,
-            cpus: 2,
-            cpu_model: None,
-            timeout: 600,
-            verdict: Verdict::Success,
-            contains: strings(&["Iteration 3 dirty memory time"]),
-            absent: strings(&["PANIC", "EXCEPTION", "CONTAINED"]),
-            check: Some(check),
-        });
+        v.push(
+            Case::bochs(format!("bochs-dirty-log-{mode}"), g, Success)
+                .cpus(2)
+                .contains(&["Iteration 3 dirty memory time"])
+                .absent(&["CONTAINED"])
+                .check(check),
+        );
     }
     let refusal = "VMX is not available on this CPU:";
-    v.push(Case {
-        name: "qemu-tcg-bios-refuses".into(),
-        guest: guest("smoke", 16, 1),
-        features: &[],
-        backend: Backend::Qemu,
-        firmware: Firmware::Bios,
-        cpus: 1,
-        cpu_model: None,
-        timeout: 120,
-        verdict: Verdict::Failure,
-        contains: strings(&[refusal]),
-        absent: strings(&["VMXON ok", "PANIC", "EXCEPTION"]),
-        check: None,
-    });
-    v.push(Case {
-        name: "qemu-tcg-uefi-refuses".into(),
-        guest: guest("smoke", 16, 1),
-        features: &[],
-        backend: Backend::Qemu,
-        firmware: Firmware::Uefi,
-        cpus: 1,
-        cpu_model: None,
-        timeout: 180,
-        verdict: Verdict::Failure,
-        contains: strings(&["hypervisor 0.1.0 starting", refusal]),
-        absent: strings(&["VMXON ok", "PANIC", "EXCEPTION"]),
-        check: None,
-    });
-    v.push(Case {
-        name: "qemu-forced-panic".into(),
-        guest: guest("smoke", 16, 1),
-        features: &["force-panic"],
-        backend: Backend::Qemu,
-        firmware: Firmware::Bios,
-        cpus: 1,
-        cpu_model: None,
-        timeout: 120,
-        verdict: Verdict::Failure,
-        contains: strings(&["PANIC at", "forced panic"]),
-        absent: strings(&["HV RESULT: SUCCESS"]),
-        check: None,
-    });
+    v.push(
+        Case::qemu("qemu-tcg-bios-refuses", Firmware::Bios)
+            .contains(&[refusal])
+            .absent(&["VMXON ok"]),
+    );
+    v.push(
+        Case::qemu("qemu-tcg-uefi-refuses", Firmware::Uefi)
+            .contains(&["hypervisor 0.1.0 starting", refusal])
+            .absent(&["VMXON ok"]),
+    );
+    let mut panic = Case::qemu("qemu-forced-panic", Firmware::Bios);
+    panic.features = &["force-panic"];
+    // The panic itself is the expected end here.
+    panic.absent = strings(&["HV RESULT: SUCCESS", "EXCEPTION"]);
+    v.push(panic.contains(&["PANIC at", "forced panic"]));
     v
 }
 
