@@ -9,7 +9,7 @@ use crate::arch::apic::{self, LocalApic};
 use crate::arch::paging::{self, FrameFn, PagingError};
 use crate::arch::timer::Clock;
 use crate::arch::trampoline::{Shared, Trampoline};
-use crate::arch::{apic_id, MAX_CPUS};
+use crate::arch::MAX_CPUS;
 use crate::frames::FRAME;
 use acpi::fadt::Fadt;
 use acpi::madt::{Madt, MadtEntry};
@@ -26,25 +26,23 @@ use x86_64::registers::control::{Cr0, Cr3, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::{Efer, EferFlags};
 
 const NONE: u32 = u32::MAX;
-/// Initial APIC IDs by core index (`arch::apic_id`, 8 bits), for lookup.
+/// APIC IDs by core index (`apic::cpu_apic_id`: the x2APIC ID where the CPU
+/// has one), both to find the running core and as IPI destinations.
 static APIC_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NONE) }; MAX_CPUS];
-/// Full APIC IDs by core index (`apic::cpu_apic_id`), for IPIs.
-static DEST_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(NONE) }; MAX_CPUS];
 static COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Records the running core as the next index; returns it.
 pub fn register_current() -> usize {
-    let id = apic_id();
+    let id = apic::cpu_apic_id();
     let index = COUNT.fetch_add(1, Ordering::SeqCst);
     assert!(index < MAX_CPUS, "more than {MAX_CPUS} cores");
-    DEST_IDS[index].store(apic::cpu_apic_id(), Ordering::SeqCst);
     APIC_IDS[index].store(id, Ordering::SeqCst);
     index
 }
 
 /// The running core's index (0 before any core registered).
 pub fn current_index() -> usize {
-    let id = apic_id();
+    let id = apic::cpu_apic_id();
     let n = COUNT.load(Ordering::Acquire).min(MAX_CPUS);
     (0..n)
         .find(|&i| APIC_IDS[i].load(Ordering::Relaxed) == id)
@@ -59,7 +57,7 @@ pub fn online() -> usize {
 /// The APIC ID of core `index` (x2APIC ID where the CPU has one), if it is
 /// online: the destination for IPIs to that core.
 pub fn apic_id_of(index: usize) -> Option<u32> {
-    let id = DEST_IDS.get(index)?.load(Ordering::Acquire);
+    let id = APIC_IDS.get(index)?.load(Ordering::Acquire);
     (id != NONE).then_some(id)
 }
 

@@ -27,11 +27,6 @@ pub fn cpu_index() -> usize {
     crate::smp::current_index()
 }
 
-/// The initial local APIC ID of the running core (CPUID.1:EBX[31:24]).
-pub fn apic_id() -> u32 {
-    core::arch::x86_64::__cpuid(1).ebx >> 24
-}
-
 /// Ends the run: one final line that the test harness reads, then the
 /// emulator's exit (QEMU isa-debug-exit at 0xf4, Bochs' shutdown port 0x8900),
 /// or a halt loop on real hardware.
