@@ -143,6 +143,13 @@ pub fn write_controls_and_host(
     if ctl.exit & VmExitControls::LOAD_EFER.bits() != 0 {
         v.write64(Vmcs64::HostIa32Efer, Efer::read_raw())?;
     }
+    if ctl.exit & VmExitControls::LOAD_PAT.bits() != 0 {
+        // SAFETY: IA32_PAT exists on every CPU with VMX; reading it has no
+        // side effects.
+        let pat =
+            unsafe { x86_64::registers::model_specific::Msr::new(super::caps::IA32_PAT).read() };
+        v.write64(Vmcs64::HostIa32Pat, pat)?;
+    }
     Ok(())
 }
 
@@ -181,6 +188,8 @@ pub fn write_guest_state(
     if ctl.entry & VmEntryControls::LOAD_EFER.bits() != 0 {
         v.write64(Vmcs64::GuestIa32Efer, s.efer)?;
     }
+    // Loaded on entry only with the "load IA32_PAT" control; otherwise the
+    // guest runs with the host's PAT and this field only backs RDMSR.
     v.write64(Vmcs64::GuestIa32Pat, s.pat)?;
     v.write64(Vmcs64::GuestIa32Debugctl, 0)?;
 
