@@ -263,6 +263,18 @@ pub fn cases() -> Vec<Case> {
             .contains(&["vcpu0: CONTAINED: access to memory no memslot backs: gpa=0x1100000 gfn=0x1100 access=write rip="])
             .absent(&["FAIL: write to unbacked memory was not contained"]),
     );
+    v.push(
+        Case::bochs("bochs-hostile-guest", guest("hostile", 16, 1), Success)
+            .contains(&[
+                "hostile: RDMSR 0x1234 (not allowed): #GP",
+                "hostile: WRMSR IA32_EFER with reserved bit 3: #GP",
+                "hostile: VMXON: #UD",
+                "hostile: MOV CR4 setting VMXE: #GP",
+                "hostile: MOV CR0 clearing NE: no exception",
+                "vcpu0: guest reports PASS",
+            ])
+            .absent(&["CONTAINED"]),
+    );
     let mut ro = guest("memtouch", 16, 4);
     ro.extra = vec![("readonly_slot".into(), "3".into())];
     // memtouch writes upwards: its first write into slot 3 is at 12 MiB.

@@ -102,7 +102,11 @@ pub fn enable(caps: &VmxCaps, vmxon_phys: u64, vmxon_word: &mut u32) -> Result<(
     if caps.cr4_fixed1 & cr4_vmxe == 0 {
         return Err(VmxError::Cr4VmxeNotAllowed);
     }
-    let cr0 = caps.apply_cr0(Cr0::read_raw());
+    // Also turn caching on (CD = NW = 0) if the firmware left it off, as the
+    // Bochs BIOS does: VM entry never loads CR0.CD/NW (SDM 27.3.2.1), so the
+    // guest would inherit the host's.
+    const CR0_CD_NW: u64 = (1 << 30) | (1 << 29);
+    let cr0 = caps.apply_cr0(Cr0::read_raw() & !CR0_CD_NW);
     let cr4 = caps.apply_cr4(Cr4::read_raw() | cr4_vmxe);
     // SAFETY: the new values only add bits the CPU requires for VMX operation
     // (paging and protection stay on: they are fixed-1 in VMX).
