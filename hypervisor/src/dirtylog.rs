@@ -25,7 +25,7 @@
 use crate::abi::HC_OK;
 use crate::arch::MAX_CPUS;
 use crate::frames::FRAME;
-use crate::memslot::SlotFlags;
+use crate::memslot::{LookupStats, SlotFlags};
 use crate::vcpu::Vcpu;
 use crate::vm::Vm;
 use crate::vmx::vmcs;
@@ -53,51 +53,34 @@ static ACTIVE: AtomicBool = AtomicBool::new(false);
 pub struct Counters {
     pub exits: u64,
     pub ept_violations: u64,
-    pub vcpu_hits: u64,
-    pub vm_hits: u64,
-    pub searches: u64,
-    pub misses: u64,
+    pub lookups: LookupStats,
 }
 
 impl Counters {
     const ZERO: Counters = Counters {
         exits: 0,
         ept_violations: 0,
-        vcpu_hits: 0,
-        vm_hits: 0,
-        searches: 0,
-        misses: 0,
+        lookups: LookupStats::new(),
     };
     fn of(v: &Vcpu) -> Self {
-        let l = &v.slot_cache.stats;
         Counters {
             exits: v.stats.total_exits(),
             ept_violations: v.stats.exits[crate::vmx::exit::ExitReason::EptViolation.as_index()],
-            vcpu_hits: l.vcpu_hits,
-            vm_hits: l.vm_hits,
-            searches: l.searches,
-            misses: l.misses,
+            lookups: v.slot_cache.stats,
         }
     }
     fn minus(self, o: Counters) -> Counters {
         Counters {
             exits: self.exits - o.exits,
             ept_violations: self.ept_violations - o.ept_violations,
-            vcpu_hits: self.vcpu_hits - o.vcpu_hits,
-            vm_hits: self.vm_hits - o.vm_hits,
-            searches: self.searches - o.searches,
-            misses: self.misses - o.misses,
+            lookups: self.lookups.since(&o.lookups),
         }
     }
-    fn plus(self, o: Counters) -> Counters {
-        Counters {
-            exits: self.exits + o.exits,
-            ept_violations: self.ept_violations + o.ept_violations,
-            vcpu_hits: self.vcpu_hits + o.vcpu_hits,
-            vm_hits: self.vm_hits + o.vm_hits,
-            searches: self.searches + o.searches,
-            misses: self.misses + o.misses,
-        }
+    fn plus(mut self, o: Counters) -> Counters {
+        self.exits += o.exits;
+        self.ept_violations += o.ept_violations;
+        self.lookups.add(&o.lookups);
+        self
     }
 }
 
@@ -469,8 +452,11 @@ impl Outcome {
             let mut line = String::new();
             let _ = write!(
                 line,
-                "  {:<34} exits {:>8}  EPT violations {:>8}  lookups: vcpu hit {} vm hit {} search {} miss {}",
-                p.name, c.exits, c.ept_violations, c.vcpu_hits, c.vm_hits, c.searches, c.misses
+                "  {:<34} exits {:>8}  EPT violations {:>8}  lookups: {}",
+                p.name,
+                c.exits,
+                c.ept_violations,
+                crate::summary::lookups_text(&c.lookups)
             );
             if let Some((w, d)) = p.pages {
                 let _ = write!(line, "  pages written {w} dirty {d}");
@@ -503,9 +489,10 @@ impl Outcome {
             }
             let _ = write!(
                 out,
-                "{{\"name\":\"{}\",\"cycles\":{},\"exits\":{},\"ept_violations\":{},\"lookups\":{{\"vcpu_hit\":{},\"vm_hit\":{},\"search\":{},\"miss\":{}}}",
-                p.name, p.cycles, c.exits, c.ept_violations, c.vcpu_hits, c.vm_hits, c.searches, c.misses
+                "{{\"name\":\"{}\",\"cycles\":{},\"exits\":{},\"ept_violations\":{},",
+                p.name, p.cycles, c.exits, c.ept_violations
             );
+            crate::summary::lookups_json(out, &c.lookups);
             if let Some((w, d)) = p.pages {
                 let _ = write!(out, ",\"pages_written\":{w},\"pages_dirty\":{d}");
             }

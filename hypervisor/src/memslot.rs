@@ -309,6 +309,16 @@ impl LookupStats {
         self.misses += other.misses;
     }
 
+    /// The counts gathered since `earlier` (a snapshot of the same counters).
+    pub fn since(&self, earlier: &LookupStats) -> LookupStats {
+        LookupStats {
+            vcpu_hits: self.vcpu_hits - earlier.vcpu_hits,
+            vm_hits: self.vm_hits - earlier.vm_hits,
+            searches: self.searches - earlier.searches,
+            misses: self.misses - earlier.misses,
+        }
+    }
+
     pub fn total(&self) -> u64 {
         self.vcpu_hits + self.vm_hits + self.searches + self.misses
     }

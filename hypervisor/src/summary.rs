@@ -3,6 +3,7 @@
 
 use crate::dirtylog;
 use crate::exits::Stop;
+use crate::memslot::LookupStats;
 use crate::println;
 use crate::vcpu::VcpuReport;
 use crate::vm::Vm;
@@ -24,6 +25,26 @@ fn json_str(out: &mut String, s: &str) {
         }
     }
     out.push('"');
+}
+
+/// Slot lookups by level, for people.
+pub fn lookups_text(l: &LookupStats) -> String {
+    alloc::format!(
+        "vcpu hit {}, vm hit {}, search {}, miss {}",
+        l.vcpu_hits,
+        l.vm_hits,
+        l.searches,
+        l.misses
+    )
+}
+
+/// Slot lookups by level, as the SUMMARY's `"lookups":{...}` member.
+pub fn lookups_json(out: &mut String, l: &LookupStats) {
+    let _ = write!(
+        out,
+        "\"lookups\":{{\"vcpu_hit\":{},\"vm_hit\":{},\"search\":{},\"miss\":{}}}",
+        l.vcpu_hits, l.vm_hits, l.searches, l.misses
+    );
 }
 
 pub fn print(
@@ -52,11 +73,7 @@ pub fn print(
             "  EPT pages mapped: {} (faults already resolved by another vCPU: {}, dirty-log write faults: {})",
             s.ept_mapped, s.ept_spurious, s.dirty_faults
         );
-        let l = &s.lookups;
-        println!(
-            "  slot lookups: vcpu hit {}, vm hit {}, search {}, miss {}",
-            l.vcpu_hits, l.vm_hits, l.searches, l.misses
-        );
+        println!("  slot lookups: {}", lookups_text(&s.lookups));
         println!("  cycles: {}", s.cycles);
     }
     if let Some(d) = dirty {
@@ -106,12 +123,13 @@ pub fn print(
                 let _ = write!(j, ":{n}");
             }
         }
-        let l = &s.lookups;
         let _ = write!(
             j,
-            "}},\"ept_mapped\":{},\"ept_spurious\":{},\"dirty_faults\":{},\"lookups\":{{\"vcpu_hit\":{},\"vm_hit\":{},\"search\":{},\"miss\":{}}},\"cycles\":{}",
-            s.ept_mapped, s.ept_spurious, s.dirty_faults, l.vcpu_hits, l.vm_hits, l.searches, l.misses, s.cycles
+            "}},\"ept_mapped\":{},\"ept_spurious\":{},\"dirty_faults\":{},",
+            s.ept_mapped, s.ept_spurious, s.dirty_faults
         );
+        lookups_json(&mut j, &s.lookups);
+        let _ = write!(j, ",\"cycles\":{}", s.cycles);
         if let Some((status, value)) = r.guest_report {
             let _ = write!(j, ",\"report\":{{\"status\":{status},\"value\":{value}}}");
         }
