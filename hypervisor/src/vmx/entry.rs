@@ -102,6 +102,9 @@ pub unsafe extern "sysv64" fn vmx_enter(regs: *mut GuestRegs, launched: u64) -> 
         "4:",
         "pushfq",
         "pop rax",
+        // Both ways out: drop the regs pointer, restore the host's
+        // callee-saved registers, return RAX.
+        "5:",
         "add rsp, 8",
         "pop r15",
         "pop r14",
@@ -130,14 +133,7 @@ pub unsafe extern "sysv64" fn vmx_enter(regs: *mut GuestRegs, launched: u64) -> 
         "mov [rdi + 112], r15",
         "pop rax",
         "mov [rdi + 40], rax",
-        "add rsp, 8",
-        "pop r15",
-        "pop r14",
-        "pop r13",
-        "pop r12",
-        "pop rbx",
-        "pop rbp",
         "xor eax, eax",
-        "ret",
+        "jmp 5b",
     )
 }
