@@ -16,6 +16,7 @@ pub mod frames;
 pub mod guest_image;
 pub mod guest_layout;
 pub mod guest_state;
+pub mod limits;
 pub mod memslot;
 pub mod payload;
 pub mod vmx;

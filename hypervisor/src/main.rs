@@ -180,7 +180,8 @@ mod kernel {
         let dirty = config.iterations > 0;
         CONTROLLER.store(dirty, Ordering::Release);
         let wanted_vcpus = match config.cpus {
-            0 => MAX_CPUS as u32 - dirty as u32,
+            // One vCPU per core found, up to the most a VM can have.
+            0 => hypervisor::limits::MAX_VCPUS,
             n => n,
         };
         let cores = start_cores(boot, phys_offset, wanted_vcpus as usize + dirty as usize);

@@ -11,8 +11,7 @@ pub mod trampoline;
 use core::sync::atomic::{AtomicBool, Ordering};
 use x86_64::instructions::port::Port;
 
-/// Maximum number of cores the hypervisor drives.
-pub const MAX_CPUS: usize = 64;
+pub use crate::limits::MAX_CPUS;
 
 /// Set from the run configuration: the image runs in an emulator, so the
 /// emulator's exit ports may be used. On real hardware the run ends in `hlt`.

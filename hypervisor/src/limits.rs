@@ -1,0 +1,40 @@
+//! One definition of every limit a run configuration is checked against.
+//!
+//! xtask depends on this library and checks each option against these
+//! values up front, so that an option the hypervisor cannot honour is
+//! refused before anything is built or booted.
+
+use crate::guest_layout;
+pub use crate::memslot::{CacheMode, MAX_SLOTS};
+
+/// Cores the hypervisor drives (per-core tables are this long).
+pub const MAX_CPUS: usize = 64;
+
+/// vCPUs a VM can have: one BootInfo per vCPU must fit the guest layout,
+/// and a dirty-log run needs one core more than it has vCPUs (the
+/// controller).
+pub const MAX_VCPUS: u32 = {
+    let layout = guest_layout::MAX_VCPUS;
+    let cores = MAX_CPUS as u32 - 1;
+    if layout < cores {
+        layout
+    } else {
+        cores
+    }
+};
+
+/// Size of a guest page (and of a host frame): 4 KiB.
+pub const PAGE_SIZE: u64 = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpus_fit_layout_and_cores() {
+        assert!(MAX_VCPUS <= guest_layout::MAX_VCPUS);
+        assert!((MAX_VCPUS as usize) < MAX_CPUS);
+        assert!(crate::guest_layout::Layout::new(64 << 20, 0x10_0000, MAX_VCPUS).is_ok());
+        assert!(crate::guest_layout::Layout::new(64 << 20, 0x10_0000, MAX_VCPUS + 1).is_err());
+    }
+}
