@@ -38,7 +38,7 @@
 use core::arch::asm;
 use core::fmt::{self, Write};
 
-#[path = "../../hypervisor/src/abi.rs"]
+#[path = "../../hypervisor/src/boot/abi.rs"]
 pub mod abi;
 
 pub use abi::BootInfo;

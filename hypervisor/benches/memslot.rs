@@ -17,7 +17,9 @@
 //! ns per lookup. Every timed lookup's result goes into a checksum, compared
 //! after the sample.
 
-use hypervisor::memslot::{CacheMode, LookupStats, Memslots, SlotFlags, VcpuSlotCache, PAGE_SIZE};
+use hypervisor::mm::memslot::{
+    CacheMode, LookupStats, Memslots, SlotFlags, VcpuSlotCache, PAGE_SIZE,
+};
 use std::hint::black_box;
 use std::time::Instant;
 use vm_memory::{GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};

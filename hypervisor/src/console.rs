@@ -6,7 +6,7 @@
 use bootloader_api::info::{FrameBuffer, PixelFormat};
 use core::fmt::{self, Write};
 use noto_sans_mono_bitmap::{get_raster, get_raster_width, FontWeight, RasterHeight};
-use spin::Mutex;
+use spin::{Mutex, Once};
 use uart_16550::SerialPort;
 use x86_64::instructions::port::Port;
 
@@ -16,12 +16,17 @@ const LSR_TRANSMITTER_EMPTY: u8 = 0x40;
 static SERIAL: Mutex<Option<SerialPort>> = Mutex::new(None);
 static SCREEN: Mutex<Option<Screen>> = Mutex::new(None);
 
-struct Logger;
-static LOGGER: Logger = Logger;
+/// The logger; it prefixes each record with the core that logged it.
+struct Logger {
+    core: Once<fn() -> usize>,
+}
+static LOGGER: Logger = Logger { core: Once::new() };
 
 /// Brings up COM1 and, when the bootloader gave one, the framebuffer; installs
-/// the logger. Safe to call once, on the boot core, before anything logs.
-pub fn init(framebuffer: Option<FrameBuffer>) {
+/// the logger, which names each record's core by `core_index`. Safe to call
+/// once, on the boot core, before anything logs.
+pub fn init(framebuffer: Option<FrameBuffer>, core_index: fn() -> usize) {
+    LOGGER.core.call_once(|| core_index);
     // SAFETY: 0x3f8 is the standard COM1 base; nothing else drives it.
     let mut port = unsafe { SerialPort::new(COM1) };
     port.init();
@@ -71,7 +76,7 @@ impl log::Log for Logger {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
-            let cpu = crate::arch::cpu_index();
+            let cpu = self.core.get().map_or(0, |f| f());
             write_fmt(format_args!("[{:<5} cpu{}] {}\n", r.level(), cpu, r.args()));
         }
     }

@@ -1,44 +1,33 @@
 //! The hypervisor library.
 //!
-//! Pure modules (memslot, ept, dirty, payload, and the decoding parts of vmx)
-//! know nothing of the CPU they run on: they build and test on the host. Arch
-//! code (`asm!`, MSRs, VMCS access) only builds for `x86_64-unknown-none`.
+//! The folders show the architecture (see the README's layout section).
+//! Pure modules build and test on the host; arch code (`asm!`, MSRs, VMCS
+//! access) only builds for `x86_64-unknown-none` and sits in `arch`, `console`,
+//! `vmx::hw`, `mm::host` and the run loop.
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
 
 extern crate alloc;
 
-pub mod abi;
+pub mod boot;
 pub mod config;
-pub mod dirty;
-pub mod ept;
-pub mod frames;
-pub mod guest_image;
-pub mod guest_layout;
-pub mod guest_state;
+pub mod exits;
 pub mod limits;
-pub mod memslot;
-pub mod payload;
+pub mod machine;
+pub mod mm;
+pub mod vcpu;
+pub mod vm;
 pub mod vmx;
+pub mod x86;
 
-// Arch code: only for the kernel target.
+// Kernel-only: they touch the CPU or depend on what does.
 #[cfg(target_os = "none")]
 pub mod arch;
 #[cfg(target_os = "none")]
 pub mod console;
 #[cfg(target_os = "none")]
-pub mod dirtylog;
+pub mod report;
 #[cfg(target_os = "none")]
-pub mod exits;
+pub mod run;
 #[cfg(target_os = "none")]
-pub mod heap;
-#[cfg(target_os = "none")]
-pub mod mem;
-#[cfg(target_os = "none")]
-pub mod smp;
-#[cfg(target_os = "none")]
-pub mod summary;
-#[cfg(target_os = "none")]
-pub mod vcpu;
-#[cfg(target_os = "none")]
-pub mod vm;
+pub mod workload;

@@ -4,8 +4,8 @@
 //! values up front, so that an option the hypervisor cannot honour is
 //! refused before anything is built or booted.
 
-use crate::guest_layout;
-pub use crate::memslot::{CacheMode, MAX_SLOTS};
+use crate::boot::native;
+pub use crate::mm::memslot::{CacheMode, MAX_SLOTS};
 
 /// Cores the hypervisor drives (per-core tables are this long).
 pub const MAX_CPUS: usize = 64;
@@ -14,7 +14,7 @@ pub const MAX_CPUS: usize = 64;
 /// and a dirty-log run needs one core more than it has vCPUs (the
 /// controller).
 pub const MAX_VCPUS: u32 = {
-    let layout = guest_layout::MAX_VCPUS;
+    let layout = native::MAX_VCPUS;
     let cores = MAX_CPUS as u32 - 1;
     if layout < cores {
         layout
@@ -23,8 +23,10 @@ pub const MAX_VCPUS: u32 = {
     }
 };
 
+const _: () = assert!(MAX_VCPUS <= native::MAX_VCPUS && (MAX_VCPUS as usize) < MAX_CPUS);
+
 /// Size of a guest page (and of a host frame): 4 KiB.
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::x86::PAGE_SIZE;
 
 #[cfg(test)]
 mod tests {
@@ -32,9 +34,7 @@ mod tests {
 
     #[test]
     fn vcpus_fit_layout_and_cores() {
-        assert!(MAX_VCPUS <= guest_layout::MAX_VCPUS);
-        assert!((MAX_VCPUS as usize) < MAX_CPUS);
-        assert!(crate::guest_layout::Layout::new(64 << 20, 0x10_0000, MAX_VCPUS).is_ok());
-        assert!(crate::guest_layout::Layout::new(64 << 20, 0x10_0000, MAX_VCPUS + 1).is_err());
+        assert!(crate::boot::native::Layout::new(64 << 20, 0x10_0000, MAX_VCPUS).is_ok());
+        assert!(crate::boot::native::Layout::new(64 << 20, 0x10_0000, MAX_VCPUS + 1).is_err());
     }
 }

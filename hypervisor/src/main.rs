@@ -19,14 +19,20 @@ mod kernel {
     use bootloader_api::info::{MemoryRegionKind, Optional};
     use bootloader_api::{entry_point, BootInfo};
     use core::sync::atomic::{AtomicBool, Ordering};
-    use hypervisor::arch::MAX_CPUS;
+    use hypervisor::arch::{self, smp};
+    use hypervisor::boot::payload;
     use hypervisor::config::RunConfig;
-    use hypervisor::vcpu::{self, VcpuReport};
-    use hypervisor::vm::Vm;
-    use hypervisor::vmx::caps::{derive_controls, ControlRequest, VmEntryControls, VmExitControls};
-    use hypervisor::{
-        arch, console, dirtylog, frames, heap, mem, payload, println, smp, summary, vmx,
+    use hypervisor::limits::{MAX_CPUS, MAX_VCPUS};
+    use hypervisor::machine::cpuid::{CpuidPolicy, Provided};
+    use hypervisor::mm::host::{self as mem, KernelMemory};
+    use hypervisor::mm::{frames, heap};
+    use hypervisor::vcpu::VcpuReport;
+    use hypervisor::vm::{GuestOutput, Vm, VmParts};
+    use hypervisor::vmx::caps::{
+        derive_controls, ControlRequest, SecondaryProcBased, VmEntryControls, VmExitControls,
     };
+    use hypervisor::workload::dirtylog;
+    use hypervisor::{console, println, report, run, vmx};
     use log::{error, info};
     use spin::Once;
 
@@ -41,7 +47,7 @@ mod kernel {
 
     fn kernel_main(boot: &'static mut BootInfo) -> ! {
         let fb = core::mem::replace(&mut boot.framebuffer, Optional::None).into_option();
-        console::init(fb);
+        console::init(fb, smp::current_index);
         let cpu = smp::register_current();
         arch::gdt::init(cpu);
         arch::idt::init();
@@ -58,7 +64,7 @@ mod kernel {
 
     /// Reports of the vCPUs, one per core that ran one.
     static REPORTS: [Once<VcpuReport>; MAX_CPUS] = [const { Once::new() }; MAX_CPUS];
-    static VM: Once<Vm> = Once::new();
+    static VM: Once<Vm<KernelMemory>> = Once::new();
     /// vCPUs on application processors wait for this before entering.
     static START: AtomicBool = AtomicBool::new(false);
     /// Whether the boot core is the dirty-log controller (runs no vCPU).
@@ -77,7 +83,7 @@ mod kernel {
         }
         let id = vcpu_of(cpu);
         if id < vm.vcpus {
-            REPORTS[id as usize].call_once(|| vcpu::run(vm, id, cpu));
+            REPORTS[id as usize].call_once(|| run::run(vm, id, cpu));
         }
         arch::halt_forever()
     }
@@ -136,11 +142,11 @@ mod kernel {
         mem::init(frames, phys_offset);
         smp::mask_legacy_pic();
 
-        vmx::on::detect().map_err(|e| {
+        vmx::hw::on::detect().map_err(|e| {
             error!("{e}");
             "VMX is not available"
         })?;
-        let caps = vmx::on::read_caps();
+        let caps = vmx::hw::on::read_caps();
         println!("{caps}");
         let mut request = ControlRequest::default_for_guest();
         // Guest EFER lives in the VMCS (CR0.PG and EFER writes are emulated
@@ -171,7 +177,7 @@ mod kernel {
         // SAFETY: the frame was just allocated for this purpose and is mapped
         // at the physical-memory offset.
         let vmxon_word = unsafe { &mut *(mem::phys_to_virt(vmxon) as *mut u32) };
-        vmx::on::enable(&caps, vmxon, vmxon_word).map_err(|e| {
+        vmx::hw::on::enable(&caps, vmxon, vmxon_word).map_err(|e| {
             error!("{e}");
             "VMX could not be enabled"
         })?;
@@ -181,7 +187,7 @@ mod kernel {
         CONTROLLER.store(dirty, Ordering::Release);
         let wanted_vcpus = match config.cpus {
             // One vCPU per core found, up to the most a VM can have.
-            0 => hypervisor::limits::MAX_VCPUS,
+            0 => MAX_VCPUS,
             n => n,
         };
         let cores = start_cores(boot, phys_offset, wanted_vcpus as usize + dirty as usize);
@@ -196,8 +202,24 @@ mod kernel {
             );
             return Err("not enough cores");
         }
+        let provided = Provided {
+            rdtscp: controls
+                .secondary()
+                .contains(SecondaryProcBased::ENABLE_RDTSCP),
+            gb_pages: true,
+        };
+        let parts = VmParts {
+            config,
+            caps,
+            controls,
+            vcpus,
+            out: &Console,
+            workload: dirty.then_some(&dirtylog::WORKLOAD as _),
+            cpuid: CpuidPolicy::new(arch::cpuid, vcpus, provided),
+            kick: &kick_vcpu,
+        };
         let vm = VM.try_call_once(|| {
-            Vm::build(config, payload.guest, caps, controls, vcpus).map_err(|e| {
+            Vm::build(KernelMemory, parts, payload.guest).map_err(|e| {
                 error!("{e}");
                 "could not build the VM"
             })
@@ -213,19 +235,38 @@ mod kernel {
         let tsc_hz = arch::tsc_hz();
         let release = || START.store(true, Ordering::Release);
         let outcome = if dirty {
-            dirtylog::activate();
             Some(dirtylog::controller(vm, release))
         } else {
             release();
-            REPORTS[0].call_once(|| vcpu::run(vm, 0, 0));
+            REPORTS[0].call_once(|| run::run(vm, 0, 0));
             None
         };
         let reports: Vec<&VcpuReport> = (0..vcpus as usize).map(|i| REPORTS[i].wait()).collect();
         let ok = reports.iter().all(|r| r.ok()) && outcome.as_ref().is_none_or(|o| o.ok);
-        summary::print(vm, &reports, outcome.as_ref(), tsc_hz, ok);
-        vmx::on::disable();
+        report::print(vm, &reports, outcome.as_ref(), tsc_hz, ok);
+        vmx::hw::on::disable();
         info!("VMXOFF ok");
         Ok(ok)
+    }
+
+    /// Guest output goes to the console, each line prefixed by its vCPU.
+    struct Console;
+
+    impl GuestOutput for Console {
+        fn line(&self, vcpu: Option<u32>, text: &str) {
+            match vcpu {
+                Some(id) => println!("[vcpu{id}] {text}"),
+                None => println!("{text}"),
+            }
+        }
+    }
+
+    /// Sends vCPU `id` out of the guest: a kick IPI to the core that runs it.
+    fn kick_vcpu(id: u32) {
+        let core = id as usize + CONTROLLER.load(Ordering::Acquire) as usize;
+        if core != smp::current_index() {
+            smp::kick(core);
+        }
     }
 
     /// Starts application processors until `wanted` cores (with this one)

@@ -2,7 +2,7 @@
 //! and UEFI disk images, through the bootloader crate's `DiskImageBuilder`.
 //!
 //! The guest and the configuration travel in the bootloader's ramdisk, in the
-//! format of `hypervisor::payload`.
+//! format of `hypervisor::boot::payload`.
 //!
 //! Usage: loader --kernel ELF --guest ELF --config TEXT --out DIR [--bios] [--uefi]
 //! (with neither --bios nor --uefi, both images are made).
@@ -41,8 +41,8 @@ fn main() -> Result<()> {
     let guest_elf =
         std::fs::read(&guest).with_context(|| format!("reading guest {}", guest.display()))?;
     let mut payload = Vec::new();
-    hypervisor::payload::encode_into(&config, &guest_elf, &mut payload);
-    hypervisor::payload::parse(&payload).context("payload does not parse back")?;
+    hypervisor::boot::payload::encode_into(&config, &guest_elf, &mut payload);
+    hypervisor::boot::payload::parse(&payload).context("payload does not parse back")?;
     let payload_path = out.join("payload.bin");
     std::fs::write(&payload_path, &payload)?;
 

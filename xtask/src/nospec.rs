@@ -1,7 +1,7 @@
 //! The speculation check: disassemble the hypervisor's memslot probes and fail
 //! on any conditional branch that depends on a cached slot index.
 //!
-//! `hypervisor::memslot` clamps every cached index with `index_nospec`
+//! `hypervisor::mm::memslot` clamps every cached index with `index_nospec`
 //! (`cmp`/`sbb`/`and`, like Linux's `array_index_nospec`). That only helps if
 //! the compiler adds no branch on the index of its own, e.g. a bounds check
 //! before the load. So we read the compiled code of two probes:

@@ -13,11 +13,11 @@ use raw_cpuid::CpuId;
 use spin::Once;
 use x86_64::registers::model_specific::Msr;
 
-const IA32_APIC_BASE: u32 = 0x1b;
+use crate::x86::msr::IA32_APIC_BASE;
 const APIC_BASE_EXTD: u64 = 1 << 10;
 const APIC_BASE_EN: u64 = 1 << 11;
 const APIC_BASE_ADDR: u64 = 0x000f_ffff_ffff_f000;
-const IA32_PAT: u32 = 0x277;
+use crate::x86::msr::IA32_PAT;
 
 /// xAPIC register offsets (x2APIC MSR = 0x800 + offset / 16).
 const REG_ID: u32 = 0x20;
@@ -81,14 +81,13 @@ fn rdmsr(msr: u32) -> u64 {
 /// (SDM Vol. 3A, 11.4.6 "Local APIC ID"). The start-up trampoline uses the
 /// same rule to check that it runs on the core it was meant for.
 pub fn cpu_apic_id() -> u32 {
-    let max = core::arch::x86_64::__cpuid(0).eax;
-    if max >= 0xb {
-        let r = core::arch::x86_64::__cpuid_count(0xb, 0);
-        if r.ebx != 0 {
-            return r.edx;
+    if super::cpuid(0, 0)[0] >= 0xb {
+        let [_, ebx, _, edx] = super::cpuid(0xb, 0);
+        if ebx != 0 {
+            return edx;
         }
     }
-    core::arch::x86_64::__cpuid(1).ebx >> 24
+    super::cpuid(1, 0)[1] >> 24
 }
 
 fn has_x2apic() -> bool {

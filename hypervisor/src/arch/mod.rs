@@ -5,6 +5,7 @@ pub mod apic;
 pub mod gdt;
 pub mod idt;
 pub mod paging;
+pub mod smp;
 pub mod timer;
 pub mod trampoline;
 
@@ -23,7 +24,7 @@ pub fn set_emulator_exit(on: bool) {
 
 /// The index of the current core (0 = the boot core).
 pub fn cpu_index() -> usize {
-    crate::smp::current_index()
+    crate::arch::smp::current_index()
 }
 
 /// Ends the run: one final line that the test harness reads, then the
@@ -61,15 +62,18 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// CPUID(`leaf`, `subleaf`) of this core as [EAX, EBX, ECX, EDX]: the one
+/// place the hypervisor executes CPUID (through `raw-cpuid`).
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let r = raw_cpuid::native_cpuid::cpuid_count(leaf, subleaf);
+    [r.eax, r.ebx, r.ecx, r.edx]
+}
+
 /// The TSC frequency from CPUID leaf 0x15 (crystal clock × ratio), or 0 when
 /// the CPU does not say.
 pub fn tsc_hz() -> u64 {
-    if core::arch::x86_64::__cpuid(0).eax < 0x15 {
-        return 0;
-    }
-    let r = core::arch::x86_64::__cpuid(0x15);
-    if r.eax == 0 || r.ebx == 0 || r.ecx == 0 {
-        return 0;
-    }
-    u64::from(r.ecx) * u64::from(r.ebx) / u64::from(r.eax)
+    raw_cpuid::CpuId::with_cpuid_fn(raw_cpuid::CpuIdReaderNative)
+        .get_tsc_info()
+        .and_then(|t| t.tsc_frequency())
+        .unwrap_or(0)
 }

@@ -21,7 +21,7 @@ use x86_64::{PhysAddr, VirtAddr};
 /// address. Frames given out are never used by anything else.
 pub type FrameFn<'a> = dyn FnMut(u64) -> Option<u64> + 'a;
 
-const PAGE: u64 = 4096;
+const PAGE: u64 = crate::x86::PAGE_SIZE;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

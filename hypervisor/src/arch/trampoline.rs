@@ -238,7 +238,7 @@ core::arch::global_asm!(
     waiting = const STATE_WAITING,
     claimed = const STATE_CLAIMED,
     params_size = const core::mem::size_of::<Params>(),
-    ap_main = sym crate::smp::ap_main,
+    ap_main = sym crate::arch::smp::ap_main,
     options(att_syntax)
 );
 

@@ -5,30 +5,24 @@
 //! and the "IA-32e mode guest" entry control when paging is turned on or off
 //! with EFER.LME set (SDM 10.8.5 "Initializing IA-32e Mode").
 
-use super::{contain, Action, Stop};
-use crate::guest_state::{CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
-use crate::vcpu::Vcpu;
-use crate::vmx::caps::{SecondaryProcBased, VmEntryControls, CR4_VMXE};
-use crate::vmx::exit::{CrAccess, CrAccessType, InterruptionInfo};
-use crate::vmx::fields::{Vmcs32, Vmcs64, VmcsAccess, VmcsNatural};
+use crate::mm::HostMemory;
+use crate::vcpu::{Action, Stop};
+use crate::vcpu::{Hw, Vcpu};
+use crate::vmx::caps::{SecondaryProcBased, VmEntryControls};
+use crate::vmx::exit::{CrAccess, CrAccessType};
+use crate::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
+use crate::x86::{
+    CR0_CD, CR0_DEFINED, CR0_NW, CR0_PE, CR0_PG, CR0_TS, CR4_PAE, CR4_VMXE, EFER_LMA, EFER_LME,
+};
 use alloc::format;
 
-const CR0_TS: u64 = 1 << 3;
-/// CR0 bits that exist; the rest are reserved (#GP if set).
-const CR0_DEFINED: u64 = 0xe005_003f;
-
-fn gp(v: &mut Vcpu) -> Result<Action, Stop> {
-    v.inject(InterruptionInfo::gp(), 0)?;
-    Ok(Action::Resume)
-}
-
-fn unrestricted(v: &Vcpu) -> bool {
+fn unrestricted<H: Hw, M: HostMemory>(v: &Vcpu<H, M>) -> bool {
     v.vm.controls
         .secondary()
         .contains(SecondaryProcBased::UNRESTRICTED_GUEST)
 }
 
-pub fn handle(v: &mut Vcpu) -> Result<Action, Stop> {
+pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
     let q = CrAccess::from_qualification(v.vmcs.read_nat(VmcsNatural::ExitQualification)?);
     let gpr = q.gpr.index() as u8;
     match (q.access, q.cr) {
@@ -60,26 +54,22 @@ pub fn handle(v: &mut Vcpu) -> Result<Action, Stop> {
             let src = u64::from(q.lmsw_source) & 0xf;
             set_cr0(v, (shadow & !0xe) | src | (shadow & CR0_PE))
         }
-        _ => Err(contain(
-            v,
-            "unhandled control-register access",
-            format!("{q}"),
-        )),
+        _ => Err(v.contain("unhandled control-register access", format!("{q}"))),
     }
 }
 
-fn done(v: &mut Vcpu) -> Result<Action, Stop> {
+fn done<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
     v.skip_instruction()?;
     Ok(Action::Resume)
 }
 
-fn set_cr0(v: &mut Vcpu, value: u64) -> Result<Action, Stop> {
+fn set_cr0<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>, value: u64) -> Result<Action, Stop> {
     // SDM: #GP for reserved bits, PG without PE, NW without CD.
     if value & !CR0_DEFINED != 0
         || (value & CR0_PG != 0 && value & CR0_PE == 0)
-        || (value & (1 << 29) != 0 && value & (1 << 30) == 0)
+        || (value & CR0_NW != 0 && value & CR0_CD == 0)
     {
-        return gp(v);
+        return v.inject_gp();
     }
     let old = v.vmcs.read_nat(VmcsNatural::Cr0ReadShadow)?;
     let mut efer = v.vmcs.read64(Vmcs64::GuestIa32Efer)?;
@@ -88,7 +78,7 @@ fn set_cr0(v: &mut Vcpu, value: u64) -> Result<Action, Stop> {
         if value & CR0_PG != 0 {
             // Entering IA-32e mode needs CR4.PAE.
             if v.vmcs.read_nat(VmcsNatural::Cr4ReadShadow)? & CR4_PAE == 0 {
-                return gp(v);
+                return v.inject_gp();
             }
             efer |= EFER_LMA;
             entry |= VmEntryControls::IA32E_MODE_GUEST.bits();
@@ -106,17 +96,17 @@ fn set_cr0(v: &mut Vcpu, value: u64) -> Result<Action, Stop> {
     done(v)
 }
 
-fn set_cr4(v: &mut Vcpu, value: u64) -> Result<Action, Stop> {
+fn set_cr4<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>, value: u64) -> Result<Action, Stop> {
     let (_, may_be_one) = v.vm.caps.cr4_fixed();
     // VMX is not offered to the guest: CR4.VMXE is reserved for it. Bits the
     // CPU cannot set are reserved too.
     if value & CR4_VMXE != 0 || value & !may_be_one != 0 {
-        return gp(v);
+        return v.inject_gp();
     }
     let efer = v.vmcs.read64(Vmcs64::GuestIa32Efer)?;
     // Clearing PAE in IA-32e mode is a #GP.
     if efer & EFER_LMA != 0 && value & CR4_PAE == 0 {
-        return gp(v);
+        return v.inject_gp();
     }
     v.vmcs.write_nat(VmcsNatural::Cr4ReadShadow, value)?;
     v.vmcs

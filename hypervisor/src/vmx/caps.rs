@@ -11,87 +11,8 @@ use core::marker::PhantomData;
 
 use bitflags::{Flag, Flags};
 
-// ---------------------------------------------------------------------------
-// MSR indexes (SDM Vol. 4, table 2-2 "IA-32 Architectural MSRs"; appendix A).
-// ---------------------------------------------------------------------------
-
-/// IA32_FEATURE_CONTROL: VMXON lock and enable bits (SDM 24.7 "Enabling and entering VMX operation").
-pub const IA32_FEATURE_CONTROL: u32 = 0x3A;
-/// IA32_SYSENTER_CS.
-pub const IA32_SYSENTER_CS: u32 = 0x174;
-/// IA32_SYSENTER_ESP.
-pub const IA32_SYSENTER_ESP: u32 = 0x175;
-/// IA32_SYSENTER_EIP.
-pub const IA32_SYSENTER_EIP: u32 = 0x176;
-/// IA32_DEBUGCTL.
-pub const IA32_DEBUGCTL: u32 = 0x1D9;
-/// IA32_PAT.
-pub const IA32_PAT: u32 = 0x277;
-/// IA32_PERF_GLOBAL_CTRL.
-pub const IA32_PERF_GLOBAL_CTRL: u32 = 0x38F;
-/// IA32_VMX_BASIC (SDM A.1).
-pub const IA32_VMX_BASIC: u32 = 0x480;
-/// IA32_VMX_PINBASED_CTLS (SDM A.3.1).
-pub const IA32_VMX_PINBASED_CTLS: u32 = 0x481;
-/// IA32_VMX_PROCBASED_CTLS (SDM A.3.2).
-pub const IA32_VMX_PROCBASED_CTLS: u32 = 0x482;
-/// IA32_VMX_EXIT_CTLS (SDM A.4).
-pub const IA32_VMX_EXIT_CTLS: u32 = 0x483;
-/// IA32_VMX_ENTRY_CTLS (SDM A.5).
-pub const IA32_VMX_ENTRY_CTLS: u32 = 0x484;
-/// IA32_VMX_MISC (SDM A.6).
-pub const IA32_VMX_MISC: u32 = 0x485;
-/// IA32_VMX_CR0_FIXED0 (SDM A.7).
-pub const IA32_VMX_CR0_FIXED0: u32 = 0x486;
-/// IA32_VMX_CR0_FIXED1 (SDM A.7).
-pub const IA32_VMX_CR0_FIXED1: u32 = 0x487;
-/// IA32_VMX_CR4_FIXED0 (SDM A.8).
-pub const IA32_VMX_CR4_FIXED0: u32 = 0x488;
-/// IA32_VMX_CR4_FIXED1 (SDM A.8).
-pub const IA32_VMX_CR4_FIXED1: u32 = 0x489;
-/// IA32_VMX_VMCS_ENUM (SDM A.9).
-pub const IA32_VMX_VMCS_ENUM: u32 = 0x48A;
-/// IA32_VMX_PROCBASED_CTLS2 (SDM A.3.3); exists only if bit 63 of IA32_VMX_PROCBASED_CTLS is 1.
-pub const IA32_VMX_PROCBASED_CTLS2: u32 = 0x48B;
-/// IA32_VMX_EPT_VPID_CAP (SDM A.10); exists only if secondary controls allow EPT or VPID.
-pub const IA32_VMX_EPT_VPID_CAP: u32 = 0x48C;
-/// IA32_VMX_TRUE_PINBASED_CTLS (SDM A.3.1); exists only if IA32_VMX_BASIC bit 55 is 1.
-pub const IA32_VMX_TRUE_PINBASED_CTLS: u32 = 0x48D;
-/// IA32_VMX_TRUE_PROCBASED_CTLS (SDM A.3.2); exists only if IA32_VMX_BASIC bit 55 is 1.
-pub const IA32_VMX_TRUE_PROCBASED_CTLS: u32 = 0x48E;
-/// IA32_VMX_TRUE_EXIT_CTLS (SDM A.4); exists only if IA32_VMX_BASIC bit 55 is 1.
-pub const IA32_VMX_TRUE_EXIT_CTLS: u32 = 0x48F;
-/// IA32_VMX_TRUE_ENTRY_CTLS (SDM A.5); exists only if IA32_VMX_BASIC bit 55 is 1.
-pub const IA32_VMX_TRUE_ENTRY_CTLS: u32 = 0x490;
-/// IA32_VMX_VMFUNC (SDM A.11); exists only if secondary controls allow "enable VM functions".
-pub const IA32_VMX_VMFUNC: u32 = 0x491;
-/// IA32_EFER.
-pub const IA32_EFER: u32 = 0xC000_0080;
-/// IA32_STAR.
-pub const IA32_STAR: u32 = 0xC000_0081;
-/// IA32_LSTAR.
-pub const IA32_LSTAR: u32 = 0xC000_0082;
-/// IA32_CSTAR.
-pub const IA32_CSTAR: u32 = 0xC000_0083;
-/// IA32_FMASK.
-pub const IA32_FMASK: u32 = 0xC000_0084;
-/// IA32_FS_BASE.
-pub const IA32_FS_BASE: u32 = 0xC000_0100;
-/// IA32_GS_BASE.
-pub const IA32_GS_BASE: u32 = 0xC000_0101;
-/// IA32_KERNEL_GS_BASE.
-pub const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
-/// IA32_TSC_AUX.
-pub const IA32_TSC_AUX: u32 = 0xC000_0103;
-
-/// CR0.PE (protection enable).
-pub const CR0_PE: u64 = 1 << 0;
-/// CR0.NE (numeric error), required by IA32_VMX_CR0_FIXED0 on every CPU so far.
-pub const CR0_NE: u64 = 1 << 5;
-/// CR0.PG (paging).
-pub const CR0_PG: u64 = 1 << 31;
-/// CR4.VMXE.
-pub const CR4_VMXE: u64 = 1 << 13;
+use crate::x86::msr::*;
+use crate::x86::{CR0_PE, CR0_PG};
 
 // ---------------------------------------------------------------------------
 // Bit names.
@@ -1195,6 +1116,13 @@ pub fn derive_controls(caps: &VmxCaps, want: &ControlRequest) -> Result<Controls
     })
 }
 
+/// A Skylake server's capability MSRs and the controls derived for a guest,
+/// for host tests elsewhere (exit handlers, the VM).
+#[cfg(test)]
+pub(crate) fn skylake_for_tests() -> (VmxCaps, Controls) {
+    tests::skylake()
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -1323,6 +1251,10 @@ mod tests {
         (IA32_VMX_CR4_FIXED1, 0x0000_27ff),
         (IA32_VMX_VMCS_ENUM, 0x2c),
     ]);
+
+    pub(super) fn skylake() -> (VmxCaps, Controls) {
+        (SKYLAKE.caps().0, derive(&SKYLAKE).unwrap())
+    }
 
     fn derive(cpu: &Cpu) -> Result<Controls, CapError> {
         derive_controls(&cpu.caps().0, &ControlRequest::default_for_guest())
@@ -1644,7 +1576,7 @@ mod tests {
         // CR4 bits above fixed1 are cleared (bit 23 is not in 0x3727ff).
         assert_eq!(caps.apply_cr4(1 << 23), 0x2000);
         // Unrestricted guest: PE and PG may be 0, NE still 1.
-        assert_eq!(caps.guest_cr0_fixed(true).0, CR0_NE);
+        assert_eq!(caps.guest_cr0_fixed(true).0, crate::x86::CR0_NE);
         assert_eq!(caps.apply_guest_cr0(0x10, true), 0x30);
         assert_eq!(caps.apply_guest_cr0(0x10, false), 0x8000_0031);
     }

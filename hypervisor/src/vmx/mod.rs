@@ -1,13 +1,10 @@
-//! Intel VMX. `caps`, `fields` and `exit` are pure decoding and build on the
-//! host; the rest touches the CPU.
+//! Intel VMX (SDM Vol. 3C). `caps`, `controls`, `fields` and `exit` are pure
+//! decoding and build on the host; `hw` touches the CPU (VMXON, the current
+//! VMCS, the entry assembly) and only builds for the kernel.
 
 pub mod caps;
 pub mod exit;
 pub mod fields;
 
 #[cfg(target_os = "none")]
-pub mod entry;
-#[cfg(target_os = "none")]
-pub mod on;
-#[cfg(target_os = "none")]
-pub mod vmcs;
+pub mod hw;

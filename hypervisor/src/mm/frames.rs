@@ -3,7 +3,7 @@
 //! Pure logic: it hands out physical addresses and never touches the memory,
 //! so it is tested on the host. The kernel wraps it in a lock.
 
-pub const FRAME: u64 = 4096;
+pub const FRAME: u64 = crate::x86::PAGE_SIZE;
 const MAX_REGIONS: usize = 128;
 const MAX_FREE: usize = 256;
 

@@ -8,51 +8,9 @@
 //! If the VM-entry instruction itself fails, it returns the RFLAGS it left
 //! (CF set: VMfailInvalid; ZF set: VMfailValid, see the VM-instruction error).
 
-/// Guest general-purpose registers not kept in the VMCS (RSP and RIP are).
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy)]
-pub struct GuestRegs {
-    pub rax: u64,
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rbp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
-}
-
-impl GuestRegs {
-    /// Register by its index in the SDM's encoding (0 = RAX … 15 = R15), as
-    /// used in exit qualifications. Index 4 (RSP) lives in the VMCS: `None`.
-    pub fn gpr_mut(&mut self, index: u8) -> Option<&mut u64> {
-        Some(match index {
-            0 => &mut self.rax,
-            1 => &mut self.rcx,
-            2 => &mut self.rdx,
-            3 => &mut self.rbx,
-            5 => &mut self.rbp,
-            6 => &mut self.rsi,
-            7 => &mut self.rdi,
-            8 => &mut self.r8,
-            9 => &mut self.r9,
-            10 => &mut self.r10,
-            11 => &mut self.r11,
-            12 => &mut self.r12,
-            13 => &mut self.r13,
-            14 => &mut self.r14,
-            15 => &mut self.r15,
-            _ => return None,
-        })
-    }
-}
+/// Guest general-purpose registers not kept in the VMCS (RSP and RIP are);
+/// the assembly below depends on its `repr(C)` field order.
+pub use crate::x86::state::Gprs as GuestRegs;
 
 /// Enters the guest of the current VMCS.
 ///

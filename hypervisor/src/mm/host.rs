@@ -2,8 +2,9 @@
 //! the physical-memory mapping the bootloader set up, and the EPT's table
 //! memory.
 
-use crate::ept::EptMemory;
-use crate::frames::{FrameAllocator, FRAME};
+use crate::mm::ept::EptMemory;
+use crate::mm::frames::{FrameAllocator, FRAME};
+use crate::mm::HostMemory;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
@@ -46,12 +47,28 @@ pub fn remaining() -> u64 {
     FRAMES.lock().as_ref().map_or(0, |f| f.remaining())
 }
 
-/// EPT tables in host frames, reached through the physical-memory mapping.
-pub struct KernelEptMemory;
+/// The kernel's host memory: the frame allocator above, reached through the
+/// bootloader's physical-memory mapping. EPT tables live here too.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelMemory;
+
+// SAFETY: frames come from the one frame allocator, each handed out once, and
+// the whole of physical memory is mapped at the offset.
+unsafe impl HostMemory for KernelMemory {
+    fn alloc(&self, n: u64) -> Option<u64> {
+        alloc_raw(n)
+    }
+    fn remaining(&self) -> u64 {
+        remaining()
+    }
+    fn ptr(&self, phys: u64) -> *mut u8 {
+        phys_to_virt(phys)
+    }
+}
 
 // SAFETY: `alloc_table` returns zeroed, 4 KiB-aligned frames that belong to
 // the EPT alone until freed; `table` maps exactly such a frame.
-unsafe impl EptMemory for KernelEptMemory {
+unsafe impl EptMemory for KernelMemory {
     fn alloc_table(&self) -> Option<u64> {
         alloc_zeroed(1)
     }

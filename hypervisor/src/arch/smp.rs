@@ -10,7 +10,7 @@ use crate::arch::paging::{self, FrameFn, PagingError};
 use crate::arch::timer::Clock;
 use crate::arch::trampoline::{Shared, Trampoline};
 use crate::arch::MAX_CPUS;
-use crate::frames::FRAME;
+use crate::mm::frames::FRAME;
 use acpi::fadt::Fadt;
 use acpi::madt::{Madt, MadtEntry};
 use acpi::{AcpiError, AcpiHandler, AcpiTables, PhysicalMapping};
@@ -61,24 +61,24 @@ pub fn apic_id_of(index: usize) -> Option<u32> {
     (id != NONE).then_some(id)
 }
 
-/// The vector of [`kick_others`]' IPI. A core in VMX non-root operation with
+/// The vector of [`kick`]'s IPI. A core in VMX non-root operation with
 /// external-interrupt exiting leaves the guest for it; a core in the
 /// hypervisor (interrupts off) keeps it pending until its next VM entry, which
 /// then exits at once. Whoever takes it (acknowledge-on-exit, or an IDT
 /// handler) must call [`eoi`].
 pub const KICK_VECTOR: u8 = 0xf0;
 
-/// Sends [`KICK_VECTOR`] to every other online core (by APIC ID, never by
-/// shorthand: cores left halted by the firmware must not wake up). A no-op
-/// when only the boot core runs.
-pub fn kick_others() {
+/// Sends [`KICK_VECTOR`] to core `index` (by APIC ID, never by shorthand:
+/// cores left halted by the firmware must not wake up). A no-op for a core
+/// that is not online.
+pub fn kick(index: usize) {
     let Some(lapic) = apic::local() else { return };
-    let me = current_index();
-    for index in (0..online()).filter(|&i| i != me) {
-        if let Some(id) = apic_id_of(index) {
-            if let Err(e) = lapic.send_fixed(id, KICK_VECTOR) {
-                warn!("kick to cpu{index} (APIC {id}): {e}");
-            }
+    if index >= online() {
+        return;
+    }
+    if let Some(id) = apic_id_of(index) {
+        if let Err(e) = lapic.send_fixed(id, KICK_VECTOR) {
+            warn!("kick to cpu{index} (APIC {id}): {e}");
         }
     }
 }

@@ -539,7 +539,7 @@ impl<M: EptMemory> Ept<M> {
     /// is needed.
     ///
     /// For dirty logging, mark the page in the dirty bitmap **after** this
-    /// call, see [`crate::dirty`].
+    /// call, see [`crate::mm::dirty`].
     pub fn make_writable(&self, gpa: u64) -> bool {
         match self.find_leaf(gpa) {
             // READ is never cleared once set, so checking it first is stable.

@@ -43,7 +43,7 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 pub const MAX_SLOTS: usize = 509;
 
 /// Size of a guest or host frame.
-pub const PAGE_SIZE: u64 = 4096;
+pub use crate::x86::PAGE_SIZE;
 const PAGE_SHIFT: u32 = 12;
 
 bitflags::bitflags! {

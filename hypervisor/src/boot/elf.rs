@@ -29,7 +29,7 @@ use elf::file::Class;
 use elf::segment::ProgramHeader;
 use elf::ElfBytes;
 
-const PAGE_SIZE: u64 = 4096;
+use crate::x86::PAGE_SIZE;
 
 /// More `PT_LOAD`s than this is refused: the overlap check is quadratic, and
 /// a real guest has three or four.
@@ -394,6 +394,13 @@ pub fn load<W: GuestMemoryWriter + ?Sized>(
     })
 }
 
+/// A small valid 64-bit guest ELF (code, rodata, data + bss at 1 MiB), for
+/// host tests that build a VM.
+#[cfg(test)]
+pub(crate) fn guest_elf_for_tests() -> alloc::vec::Vec<u8> {
+    tests::small_guest()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,6 +526,10 @@ mod tests {
         f[..headers].copy_from_slice(&h);
         f.truncate(file_len.max(headers));
         f
+    }
+
+    pub(super) fn small_guest() -> Vec<u8> {
+        good_elf()
     }
 
     /// A typical guest: code (R X), rodata (R), data + bss (R W), and a note.

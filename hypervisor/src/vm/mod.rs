@@ -1,29 +1,96 @@
 //! The VM: guest RAM in memslots backed by host frames, the one EPT all vCPUs
-//! share, the loaded guest, and what every vCPU needs to start.
+//! share, the loaded guest, what every vCPU needs to start, and the
+//! cross-vCPU requests (`requests`). Pure: host memory comes through
+//! [`HostMemory`], so a VM is built and its exits handled in host tests.
 
-use crate::abi::{BootInfo, BOOT_INFO_MAGIC};
+pub mod requests;
+
+use crate::boot::abi::{BootInfo, BOOT_INFO_MAGIC};
+use crate::boot::elf;
+use crate::boot::native::{self, Layout};
 use crate::config::RunConfig;
-use crate::dirty::DirtyBitmap;
-use crate::ept::Ept;
-use crate::frames::FRAME;
-use crate::guest_image::{self, GuestMemoryWriter};
-use crate::guest_layout::{self, Layout};
-use crate::guest_state::GuestState;
-use crate::mem::{self, KernelEptMemory};
-use crate::memslot::{CacheMode, LookupStats, Memslot, Memslots, SlotFlags, MAX_SLOTS};
+use crate::machine::cpuid::CpuidPolicy;
+use crate::mm::dirty::DirtyBitmap;
+use crate::mm::ept::Ept;
+use crate::mm::frames::FRAME;
+use crate::mm::guest_mem::GuestMem;
+use crate::mm::memslot::{CacheMode, LookupStats, Memslot, Memslots, SlotFlags, MAX_SLOTS};
+use crate::mm::HostMemory;
 use crate::vmx::caps::{Controls, EptVpidCap, VmxCaps};
+use crate::x86::state::GuestState;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
+use requests::Requests;
 
 pub type SlotBitmap = DirtyBitmap<Box<[AtomicU64]>>;
 
-pub struct Vm {
+/// Where the guest's lines of output go (the kernel's console; a buffer in
+/// tests). `vcpu` is the vCPU that wrote the line, where known.
+pub trait GuestOutput: Sync {
+    fn line(&self, vcpu: Option<u32>, text: &str);
+}
+
+/// What a vCPU's counters are at a point in time, for a workload's phases.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Counters {
+    pub exits: u64,
+    pub ept_violations: u64,
+    pub lookups: LookupStats,
+}
+
+impl Counters {
+    pub const ZERO: Counters = Counters {
+        exits: 0,
+        ept_violations: 0,
+        lookups: LookupStats::new(),
+    };
+    pub fn minus(self, o: Counters) -> Counters {
+        Counters {
+            exits: self.exits - o.exits,
+            ept_violations: self.ept_violations - o.ept_violations,
+            lookups: self.lookups.since(&o.lookups),
+        }
+    }
+    pub fn plus(mut self, o: Counters) -> Counters {
+        self.exits += o.exits;
+        self.ept_violations += o.ept_violations;
+        self.lookups.add(&o.lookups);
+        self
+    }
+}
+
+/// A controller that drives the VM from outside its vCPUs (the dirty-log
+/// benchmark). The guest reaches it through HC_ITERATION_DONE.
+pub trait Workload: Sync {
+    /// vCPU `vcpu` finished pass `pass` with these counters. May wait; while
+    /// it does, it calls `service` so that the vCPU still answers requests.
+    /// Returns the hypercall's result (0 = go on, 1 = stop).
+    fn iteration_done(
+        &self,
+        vcpu: u32,
+        pass: u64,
+        counters: Counters,
+        service: &mut dyn FnMut(),
+    ) -> u64;
+    /// vCPU `vcpu` stopped for good.
+    fn vcpu_stopped(&self, vcpu: u32);
+}
+
+pub struct Vm<M: HostMemory> {
     pub config: RunConfig<'static>,
     pub slots: Memslots,
-    pub ept: Ept<KernelEptMemory>,
+    /// Host memory: guest RAM, bitmaps and EPT tables come from here.
+    pub mem: M,
+    pub ept: Ept<M>,
+    /// Cross-vCPU requests: flush guest-physical mappings, kick.
+    pub requests: Requests,
+    pub out: &'static dyn GuestOutput,
+    pub workload: Option<&'static dyn Workload>,
+    /// The guest's CPUID.
+    pub cpuid: CpuidPolicy,
     pub layout: Layout,
     pub entry: u64,
     pub vcpus: u32,
@@ -40,90 +107,41 @@ pub struct Vm {
     pub dirty: Vec<SlotBitmap>,
 }
 
-/// Writes guest memory through the memslots (the loader's path: VM-wide
-/// lookups, no EPT involved).
-pub struct GuestMem<'a> {
-    pub slots: &'a Memslots,
-    pub stats: LookupStats,
-}
-
-impl GuestMem<'_> {
-    /// Runs `f` on each host-mapped piece of `[gpa, gpa + len)`; fails on the
-    /// first byte no slot backs.
-    fn chunks(
-        &mut self,
-        gpa: u64,
-        len: u64,
-        mut f: impl FnMut(*mut u8, usize, usize),
-    ) -> Result<(), u64> {
-        let mut done = 0u64;
-        while done < len {
-            let at = gpa.checked_add(done).ok_or(gpa)?;
-            let gfn = at / FRAME;
-            let slot = self.slots.lookup(gfn, &mut self.stats).ok_or(at)?;
-            let slot_end = slot.end_gfn() * FRAME;
-            let n = (len - done).min(slot_end - at);
-            let host = slot.host_phys(gfn) + at % FRAME;
-            f(mem::phys_to_virt(host), done as usize, n as usize);
-            done += n;
-        }
-        Ok(())
-    }
-
-    pub fn write(&mut self, gpa: u64, bytes: &[u8]) -> Result<(), u64> {
-        self.chunks(gpa, bytes.len() as u64, |dst, off, n| {
-            // SAFETY: `dst..dst + n` lies in one slot's host frames, which
-            // belong to the guest and are mapped; `bytes[off..off + n]` exists.
-            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr().add(off), dst, n) }
-        })
-    }
-
-    pub fn read(&mut self, gpa: u64, out: &mut [u8]) -> Result<(), u64> {
-        let len = out.len() as u64;
-        let base = out.as_mut_ptr();
-        self.chunks(gpa, len, |src, off, n| {
-            // SAFETY: as in `write`, with the roles swapped. Guest memory may
-            // change under us (other vCPUs): the copy is of bytes, so a torn
-            // read is only torn data, never unsoundness in the host.
-            unsafe { core::ptr::copy_nonoverlapping(src, base.add(off), n) }
-        })
-    }
-
-    pub fn zero(&mut self, gpa: u64, len: u64) -> Result<(), u64> {
-        self.chunks(gpa, len, |dst, _, n| {
-            // SAFETY: as in `write`.
-            unsafe { core::ptr::write_bytes(dst, 0, n) }
-        })
-    }
-}
-
-impl GuestMemoryWriter for GuestMem<'_> {
-    type Error = u64;
-    fn write(&mut self, gpa: u64, bytes: &[u8]) -> Result<(), u64> {
-        GuestMem::write(self, gpa, bytes)
-    }
-    fn zero(&mut self, gpa: u64, len: u64) -> Result<(), u64> {
-        GuestMem::zero(self, gpa, len)
-    }
-}
-
-fn all_ones_frame() -> Result<u64, String> {
-    let f = mem::alloc_raw(1).ok_or("out of memory for VMX bitmaps")?;
-    // SAFETY: a fresh frame of ours, mapped.
-    unsafe { core::ptr::write_bytes(mem::phys_to_virt(f), 0xff, FRAME as usize) };
+fn all_ones_frame(mem: &impl HostMemory) -> Result<u64, String> {
+    let f = mem.alloc(1).ok_or("out of memory for VMX bitmaps")?;
+    // SAFETY: a fresh frame of ours, mapped (HostMemory's contract).
+    unsafe { core::ptr::write_bytes(mem.ptr(f), 0xff, FRAME as usize) };
     Ok(f)
 }
 
-impl Vm {
+/// What a VM is built from, besides its host memory.
+pub struct VmParts {
+    pub config: RunConfig<'static>,
+    pub caps: VmxCaps,
+    pub controls: Controls,
+    pub vcpus: u32,
+    pub out: &'static dyn GuestOutput,
+    pub workload: Option<&'static dyn Workload>,
+    /// The guest's CPUID.
+    pub cpuid: CpuidPolicy,
+    /// Sends vCPU `n` out of the guest (an IPI to its core).
+    pub kick: &'static (dyn Fn(u32) + Sync),
+}
+
+impl<M: HostMemory> Vm<M> {
     /// Builds the VM: slots, guest RAM, the guest image, page tables, boot
     /// info for `vcpus` vCPUs, and an empty EPT.
-    pub fn build(
-        config: RunConfig<'static>,
-        guest_elf: &[u8],
-        caps: VmxCaps,
-        controls: Controls,
-        vcpus: u32,
-    ) -> Result<Vm, String> {
+    pub fn build(mem: M, parts: VmParts, guest_elf: &[u8]) -> Result<Self, String> {
+        let VmParts {
+            config,
+            caps,
+            controls,
+            vcpus,
+            out,
+            workload,
+            cpuid,
+            kick,
+        } = parts;
         let cache: CacheMode = config
             .cache
             .parse()
@@ -166,11 +184,11 @@ impl Vm {
                    bytes: u64,
                    flags: SlotFlags|
          -> Result<(), String> {
-            let host = mem::alloc_raw(bytes / FRAME).ok_or_else(|| {
+            let host = mem.alloc(bytes / FRAME).ok_or_else(|| {
                 format!(
                     "out of host memory for guest RAM: a slot at {gpa:#x} needs {} KiB, {} KiB left",
                     bytes >> 10,
-                    mem::remaining() >> 10
+                    mem.remaining() >> 10
                 )
             })?;
             slots
@@ -191,7 +209,7 @@ impl Vm {
         }
         let mut dirty = Vec::new();
         for slot in slots.iter() {
-            let words = crate::dirty::words_needed(slot.npages());
+            let words = crate::mm::dirty::words_needed(slot.npages());
             let storage: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
             let bitmap = DirtyBitmap::new(storage, slot.npages())
                 .map_err(|e| format!("dirty bitmap: {e:?}"))?;
@@ -205,14 +223,11 @@ impl Vm {
             .into_iter()
             .map(|b| b.ok_or("memslot ids are not dense"))
             .collect::<Result<_, _>>()?;
-        let mut gm = GuestMem {
-            slots: &slots,
-            stats: LookupStats::new(),
-        };
+        let mut gm = GuestMem::new(&slots, &mem);
         // Guest RAM starts zeroed: no host data may leak into the guest.
         gm.zero(0, mem_bytes)
             .map_err(|gpa| format!("zeroing guest memory failed at {gpa:#x}"))?;
-        let image = guest_image::load(guest_elf, mem_bytes, guest_layout::IMAGE_MIN, &mut gm)
+        let image = elf::load(guest_elf, mem_bytes, native::IMAGE_MIN, &mut gm)
             .map_err(|e| format!("guest image: {e}"))?;
         let layout =
             Layout::new(mem_bytes, image.end, vcpus).map_err(|e| format!("guest layout: {e}"))?;
@@ -226,8 +241,8 @@ impl Vm {
             gm.write(gpa, &value.to_le_bytes())
                 .map_err(|gpa| format!("writing guest page tables at {gpa:#x}"))?;
         }
-        for (i, d) in guest_layout::GDT.iter().enumerate() {
-            gm.write(guest_layout::GDT_GPA + 8 * i as u64, &d.to_le_bytes())
+        for (i, d) in native::GDT.iter().enumerate() {
+            gm.write(native::GDT_GPA + 8 * i as u64, &d.to_le_bytes())
                 .map_err(|_| "writing the guest GDT")?;
         }
         for id in 0..vcpus {
@@ -261,19 +276,26 @@ impl Vm {
             gm.write(layout.boot_info_gpa(id), bytes)
                 .map_err(|_| "writing boot info")?;
         }
-        let ept = Ept::new(KernelEptMemory).map_err(|e| format!("EPT: {e}"))?;
+        let ept = Ept::new(mem.clone()).map_err(|e| format!("EPT: {e}"))?;
         let ept_caps = caps.ept_caps();
+        let msr_bitmap = all_ones_frame(&mem)?;
+        let io_bitmaps = (all_ones_frame(&mem)?, all_ones_frame(&mem)?);
         Ok(Vm {
             config,
             slots,
+            mem,
             ept,
+            requests: Requests::new(vcpus, kick),
+            out,
+            workload,
+            cpuid,
             layout,
             entry: image.entry,
             vcpus,
             caps,
             controls,
-            msr_bitmap: all_ones_frame()?,
-            io_bitmaps: (all_ones_frame()?, all_ones_frame()?),
+            msr_bitmap,
+            io_bitmaps,
             invept_single: ept_caps.contains(EptVpidCap::INVEPT_SINGLE_CONTEXT),
             test_base: if dirty_run { test_base } else { mem_bytes },
             dirty,
@@ -282,13 +304,19 @@ impl Vm {
 
     /// The initial state of vCPU `id`.
     pub fn initial_state(&self, id: u32) -> GuestState {
-        GuestState::long_mode(self.entry, &self.layout, id, self.layout.boot_info_gpa(id))
+        native::initial_state(self.entry, &self.layout, id)
     }
 
-    pub fn guest_mem(&self) -> GuestMem<'_> {
-        GuestMem {
-            slots: &self.slots,
-            stats: LookupStats::new(),
+    pub fn guest_mem(&self) -> GuestMem<'_, M> {
+        GuestMem::new(&self.slots, &self.mem)
+    }
+
+    /// vCPU `id` stopped: it holds no translation any more and will not
+    /// finish another pass.
+    pub fn vcpu_stopped(&self, id: u32) {
+        self.requests.stopped(id);
+        if let Some(w) = self.workload {
+            w.vcpu_stopped(id);
         }
     }
 

@@ -22,17 +22,15 @@
 //! kicks every vCPU out of the guest with an IPI; each vCPU runs INVEPT
 //! before its next entry and acknowledges the generation.
 
-use crate::abi::HC_OK;
-use crate::arch::MAX_CPUS;
-use crate::frames::FRAME;
-use crate::memslot::{LookupStats, SlotFlags};
-use crate::vcpu::Vcpu;
-use crate::vm::Vm;
-use crate::vmx::vmcs;
+use crate::boot::abi::HC_OK;
+use crate::limits::MAX_CPUS;
+use crate::mm::frames::FRAME;
+use crate::mm::host::KernelMemory;
+use crate::mm::memslot::SlotFlags;
+use crate::vm::{Counters, Vm, Workload};
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 
@@ -41,93 +39,49 @@ static DONE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Highest pass the vCPUs may start (sync mode).
 static GO: AtomicU64 = AtomicU64::new(1);
 static STOP: AtomicBool = AtomicBool::new(false);
-/// EPT flush generation, and what each vCPU has flushed up to.
-static EPT_GEN: AtomicU64 = AtomicU64::new(0);
-static EPT_ACK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// Each vCPU's counters as of its last HC_ITERATION_DONE.
 static SNAPSHOT: [Mutex<Counters>; MAX_CPUS] = [const { Mutex::new(Counters::ZERO) }; MAX_CPUS];
-/// Whether this run is a dirty-log run (so vCPUs follow the protocol).
-static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// Whether vCPUs keep writing while the log is read (concurrent mode).
+static CONCURRENT: AtomicBool = AtomicBool::new(false);
 
-#[derive(Clone, Copy, Default, Debug)]
-pub struct Counters {
-    pub exits: u64,
-    pub ept_violations: u64,
-    pub lookups: LookupStats,
-}
+/// The dirty-log run as the VM's workload: the guest's HC_ITERATION_DONE
+/// lands here.
+pub struct DirtyLog;
 
-impl Counters {
-    const ZERO: Counters = Counters {
-        exits: 0,
-        ept_violations: 0,
-        lookups: LookupStats::new(),
-    };
-    fn of(v: &Vcpu) -> Self {
-        Counters {
-            exits: v.stats.total_exits(),
-            ept_violations: v.stats.exits[crate::vmx::exit::ExitReason::EptViolation.as_index()],
-            lookups: v.slot_cache.stats,
+/// The one instance, for `VmParts::workload`.
+pub static WORKLOAD: DirtyLog = DirtyLog;
+
+impl Workload for DirtyLog {
+    /// Records the pass and the counters; in sync mode waits for the
+    /// controller. Returns 0 to go on, 1 to stop.
+    fn iteration_done(
+        &self,
+        vcpu: u32,
+        pass: u64,
+        counters: Counters,
+        service: &mut dyn FnMut(),
+    ) -> u64 {
+        let id = vcpu as usize;
+        *SNAPSHOT[id].lock() = counters;
+        DONE[id].store(pass, Ordering::Release);
+        loop {
+            if STOP.load(Ordering::Acquire) {
+                return 1;
+            }
+            if CONCURRENT.load(Ordering::Acquire) || GO.load(Ordering::Acquire) > pass {
+                return HC_OK;
+            }
+            // Parked outside the guest: still answer flush requests.
+            service();
+            core::hint::spin_loop();
         }
     }
-    fn minus(self, o: Counters) -> Counters {
-        Counters {
-            exits: self.exits - o.exits,
-            ept_violations: self.ept_violations - o.ept_violations,
-            lookups: self.lookups.since(&o.lookups),
+
+    fn vcpu_stopped(&self, vcpu: u32) {
+        if let Some(d) = DONE.get(vcpu as usize) {
+            d.store(u64::MAX, Ordering::Release);
         }
     }
-    fn plus(mut self, o: Counters) -> Counters {
-        self.exits += o.exits;
-        self.ept_violations += o.ept_violations;
-        self.lookups.add(&o.lookups);
-        self
-    }
-}
-
-/// Called by every vCPU before each VM entry: flush EPT translations when
-/// the controller asked for it.
-#[inline]
-pub fn before_entry(v: &Vcpu, seen: &mut u64) {
-    let gen = EPT_GEN.load(Ordering::Acquire);
-    if gen != *seen {
-        vmcs::invept(v.vm.ept.eptp(), v.vm.invept_single);
-        *seen = gen;
-        EPT_ACK[v.id as usize].store(gen, Ordering::Release);
-    }
-}
-
-/// A vCPU that stopped can no longer use any translation.
-pub fn vcpu_stopped(id: u32) {
-    EPT_ACK[id as usize].store(u64::MAX, Ordering::Release);
-    DONE[id as usize].store(u64::MAX, Ordering::Release);
-}
-
-/// HC_ITERATION_DONE(pass): record the pass and the counters; in sync mode
-/// wait for the controller. Returns 0 to go on, 1 to stop.
-pub fn iteration_done(v: &mut Vcpu, pass: u64) -> u64 {
-    if !ACTIVE.load(Ordering::Acquire) {
-        return 1; // not a dirty-log run: nothing to wait for
-    }
-    let id = v.id as usize;
-    *SNAPSHOT[id].lock() = Counters::of(v);
-    DONE[id].store(pass, Ordering::Release);
-    let mut seen = EPT_ACK[id].load(Ordering::Relaxed);
-    loop {
-        if STOP.load(Ordering::Acquire) {
-            return 1;
-        }
-        if v.vm.config.dirty_concurrent || GO.load(Ordering::Acquire) > pass {
-            return HC_OK;
-        }
-        // Parked outside the guest: still answer flush requests.
-        before_entry(v, &mut seen);
-        core::hint::spin_loop();
-    }
-}
-
-/// Marks the run as a dirty-log run. Call before any vCPU starts.
-pub fn activate() {
-    ACTIVE.store(true, Ordering::Release);
 }
 
 fn wait_all(vcpus: u32, pass: u64) {
@@ -140,18 +94,6 @@ fn wait_all(vcpus: u32, pass: u64) {
 
 fn counters(vcpus: u32) -> Counters {
     (0..vcpus as usize).fold(Counters::ZERO, |a, id| a.plus(*SNAPSHOT[id].lock()))
-}
-
-/// Makes every vCPU drop its cached EPT translations, and waits until all
-/// have (or have stopped).
-fn flush_all(vcpus: u32) {
-    let gen = EPT_GEN.fetch_add(1, Ordering::AcqRel) + 1;
-    crate::smp::kick_others();
-    for ack in &EPT_ACK[..vcpus as usize] {
-        while ack.load(Ordering::Acquire) < gen {
-            core::hint::spin_loop();
-        }
-    }
 }
 
 pub struct Phase {
@@ -177,12 +119,12 @@ struct Harvest {
 }
 
 impl Harvest {
-    fn new(vm: &Vm) -> Self {
+    fn new(vm: &Vm<KernelMemory>) -> Self {
         Harvest {
             words: vm
                 .dirty
                 .iter()
-                .map(|b| vec![0; crate::dirty::words_needed(b.npages())])
+                .map(|b| vec![0; crate::mm::dirty::words_needed(b.npages())])
                 .collect(),
         }
     }
@@ -194,7 +136,7 @@ impl Harvest {
             .sum()
     }
     /// Every harvested gfn.
-    fn for_each_gfn(&self, vm: &Vm, mut f: impl FnMut(u64)) {
+    fn for_each_gfn(&self, vm: &Vm<KernelMemory>, mut f: impl FnMut(u64)) {
         for slot in vm.test_slots() {
             let base = slot.base_gfn();
             for (wi, &w) in self.words[usize::from(slot.id())].iter().enumerate() {
@@ -210,14 +152,14 @@ impl Harvest {
 }
 
 /// The first 8 bytes of guest page `gfn`.
-fn first_word(vm: &Vm, gfn: u64) -> u64 {
+fn first_word(vm: &Vm<KernelMemory>, gfn: u64) -> u64 {
     let mut b = [0u8; 8];
     let _ = vm.guest_mem().read(gfn * FRAME, &mut b);
     u64::from_le_bytes(b)
 }
 
 /// "get dirty log": swap every logged slot's bitmap out.
-fn get_log(vm: &Vm, h: &mut Harvest) {
+fn get_log(vm: &Vm<KernelMemory>, h: &mut Harvest) {
     for slot in vm.test_slots() {
         let id = usize::from(slot.id());
         let _ = vm.dirty[id].get_and_clear(&mut h.words[id], |_| {});
@@ -225,11 +167,11 @@ fn get_log(vm: &Vm, h: &mut Harvest) {
 }
 
 /// "clear dirty log": write-protect exactly the harvested pages, then flush.
-fn clear_log(vm: &Vm, h: &Harvest) {
+fn clear_log(vm: &Vm<KernelMemory>, h: &Harvest) {
     h.for_each_gfn(vm, |gfn| {
         vm.ept.write_protect(gfn * FRAME);
     });
-    flush_all(vm.vcpus);
+    vm.requests.flush_all_and_wait();
 }
 
 /// A copy of the logged (test) memory, kept up to date from each round's
@@ -241,15 +183,15 @@ struct Shadow {
 }
 
 impl Shadow {
-    fn new(vm: &Vm) -> Option<Shadow> {
+    fn new(vm: &Vm<KernelMemory>) -> Option<Shadow> {
         let base_gfn = vm.test_base / FRAME;
         let pages = vm.mem_pages() - base_gfn;
-        let phys = crate::mem::alloc_raw(pages)?;
+        let phys = crate::mm::host::alloc_raw(pages)?;
         // SAFETY: the frames were just handed to us alone, are mapped at the
         // physical-memory offset, and are never freed (the run ends first).
         let bytes = unsafe {
             core::slice::from_raw_parts_mut(
-                crate::mem::phys_to_virt(phys),
+                crate::mm::host::phys_to_virt(phys),
                 (pages * FRAME) as usize,
             )
         };
@@ -265,12 +207,12 @@ impl Shadow {
         &mut self.bytes[at..at + FRAME as usize]
     }
 
-    fn copy_page(&mut self, vm: &Vm, gfn: u64) {
+    fn copy_page(&mut self, vm: &Vm<KernelMemory>, gfn: u64) {
         let _ = vm.guest_mem().read(gfn * FRAME, self.page(gfn));
     }
 
     /// Pages whose copy differs from guest memory.
-    fn mismatches(&mut self, vm: &Vm) -> u64 {
+    fn mismatches(&mut self, vm: &Vm<KernelMemory>) -> u64 {
         let mut page = [0u8; FRAME as usize];
         let mut bad = 0;
         for gfn in self.base_gfn..vm.mem_pages() {
@@ -285,7 +227,8 @@ impl Shadow {
 
 /// Runs the controller on the boot core while `vm.vcpus` vCPUs run on the
 /// other cores. `release` starts them.
-pub fn controller(vm: &Vm, release: impl FnOnce()) -> Outcome {
+pub fn controller(vm: &Vm<KernelMemory>, release: impl FnOnce()) -> Outcome {
+    CONCURRENT.store(vm.config.dirty_concurrent, Ordering::Release);
     let vcpus = vm.vcpus;
     let concurrent = vm.config.dirty_concurrent;
     let iterations = u64::from(vm.config.iterations);
@@ -320,7 +263,7 @@ pub fn controller(vm: &Vm, release: impl FnOnce()) -> Outcome {
             .ept
             .write_protect_range(slot.base_gfn() * FRAME, slot.npages() * FRAME);
     }
-    flush_all(vcpus);
+    vm.requests.flush_all_and_wait();
     phase("Enabling dirty logging".into(), t, Counters::ZERO, None);
 
     let mut shadow = None;
@@ -438,66 +381,5 @@ pub fn controller(vm: &Vm, release: impl FnOnce()) -> Outcome {
         mismatches,
         rounds,
         ok,
-    }
-}
-
-impl Outcome {
-    /// KVM-style lines, then the per-phase table.
-    pub fn print(&self) {
-        for p in &self.phases {
-            crate::println!("{} time: {} cycles", p.name, p.cycles);
-        }
-        for p in &self.phases {
-            let c = &p.counters;
-            let mut line = String::new();
-            let _ = write!(
-                line,
-                "  {:<34} exits {:>8}  EPT violations {:>8}  lookups: {}",
-                p.name,
-                c.exits,
-                c.ept_violations,
-                crate::summary::lookups_text(&c.lookups)
-            );
-            if let Some((w, d)) = p.pages {
-                let _ = write!(line, "  pages written {w} dirty {d}");
-            }
-            crate::println!("{line}");
-        }
-        if let Some(m) = self.mismatches {
-            crate::println!(
-                "dirty log exactness (concurrent, {} rounds): {m} page(s) differ between the shadow copy and guest memory",
-                self.rounds
-            );
-        }
-    }
-
-    /// The `dirty_log` member of the SUMMARY JSON.
-    pub fn json(&self, out: &mut String) {
-        let _ = write!(
-            out,
-            "{{\"pages_per_vcpu\":{},\"ok\":{},",
-            self.pages_per_vcpu, self.ok
-        );
-        if let Some(m) = self.mismatches {
-            let _ = write!(out, "\"mismatches\":{m},\"rounds\":{},", self.rounds);
-        }
-        out.push_str("\"phases\":[");
-        for (i, p) in self.phases.iter().enumerate() {
-            let c = &p.counters;
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(
-                out,
-                "{{\"name\":\"{}\",\"cycles\":{},\"exits\":{},\"ept_violations\":{},",
-                p.name, p.cycles, c.exits, c.ept_violations
-            );
-            crate::summary::lookups_json(out, &c.lookups);
-            if let Some((w, d)) = p.pages {
-                let _ = write!(out, ",\"pages_written\":{w},\"pages_dirty\":{d}");
-            }
-            out.push('}');
-        }
-        out.push_str("]}");
     }
 }

@@ -1,13 +1,14 @@
 //! The end-of-run summary: per vCPU, exits by reason, EPT pages mapped, slot
 //! lookups by level and cycles; then one machine-readable `SUMMARY {json}`.
 
-use crate::dirtylog;
-use crate::exits::Stop;
-use crate::memslot::LookupStats;
+use crate::mm::host::KernelMemory;
+use crate::mm::memslot::LookupStats;
 use crate::println;
+use crate::vcpu::Stop;
 use crate::vcpu::VcpuReport;
 use crate::vm::Vm;
 use crate::vmx::exit::ExitReason;
+use crate::workload::dirtylog;
 use alloc::string::String;
 use core::fmt::Write;
 
@@ -48,7 +49,7 @@ pub fn lookups_json(out: &mut String, l: &LookupStats) {
 }
 
 pub fn print(
-    vm: &Vm,
+    vm: &Vm<KernelMemory>,
     reports: &[&VcpuReport],
     dirty: Option<&dirtylog::Outcome>,
     tsc_hz: u64,
@@ -77,7 +78,7 @@ pub fn print(
         println!("  cycles: {}", s.cycles);
     }
     if let Some(d) = dirty {
-        d.print();
+        print_dirty_log(d);
     }
 
     let c = &vm.config;
@@ -138,8 +139,67 @@ pub fn print(
     j.push(']');
     if let Some(d) = dirty {
         j.push_str(",\"dirty_log\":");
-        d.json(&mut j);
+        dirty_log_json(d, &mut j);
     }
     j.push('}');
     println!("SUMMARY {j}");
+}
+
+/// KVM-style lines, then the per-phase table.
+pub fn print_dirty_log(o: &dirtylog::Outcome) {
+    for p in &o.phases {
+        println!("{} time: {} cycles", p.name, p.cycles);
+    }
+    for p in &o.phases {
+        let c = &p.counters;
+        let mut line = String::new();
+        let _ = write!(
+            line,
+            "  {:<34} exits {:>8}  EPT violations {:>8}  lookups: {}",
+            p.name,
+            c.exits,
+            c.ept_violations,
+            lookups_text(&c.lookups)
+        );
+        if let Some((w, d)) = p.pages {
+            let _ = write!(line, "  pages written {w} dirty {d}");
+        }
+        println!("{line}");
+    }
+    if let Some(m) = o.mismatches {
+        println!(
+            "dirty log exactness (concurrent, {} rounds): {m} page(s) differ between the shadow copy and guest memory",
+            o.rounds
+        );
+    }
+}
+
+/// The `dirty_log` member of the SUMMARY JSON.
+pub fn dirty_log_json(o: &dirtylog::Outcome, out: &mut String) {
+    let _ = write!(
+        out,
+        "{{\"pages_per_vcpu\":{},\"ok\":{},",
+        o.pages_per_vcpu, o.ok
+    );
+    if let Some(m) = o.mismatches {
+        let _ = write!(out, "\"mismatches\":{m},\"rounds\":{},", o.rounds);
+    }
+    out.push_str("\"phases\":[");
+    for (i, p) in o.phases.iter().enumerate() {
+        let c = &p.counters;
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{{\"name\":\"{}\",\"cycles\":{},\"exits\":{},\"ept_violations\":{},",
+            p.name, p.cycles, c.exits, c.ept_violations
+        );
+        lookups_json(out, &c.lookups);
+        if let Some((w, d)) = p.pages {
+            let _ = write!(out, ",\"pages_written\":{w},\"pages_dirty\":{d}");
+        }
+        out.push('}');
+    }
+    out.push_str("]}");
 }

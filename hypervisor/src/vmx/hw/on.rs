@@ -2,7 +2,9 @@
 //! SDM Vol. 3C, 24.6 "Discovering Support for VMX" and 24.7 "Enabling and
 //! Entering VMX Operation".
 
-use super::caps::{FeatureControl, FeatureControlAction, VmxCaps, CR4_VMXE, IA32_FEATURE_CONTROL};
+use crate::vmx::caps::{FeatureControl, FeatureControlAction, VmxCaps};
+use crate::x86::msr::IA32_FEATURE_CONTROL;
+use crate::x86::CR4_VMXE;
 use core::fmt;
 use x86_64::registers::control::{Cr0, Cr4, Cr4Flags};
 use x86_64::registers::model_specific::Msr;
@@ -55,20 +57,17 @@ pub fn rdmsr(msr: u32) -> u64 {
 /// Checks CPUID for VMX. Never touches CR4: setting CR4.VMXE where CPUID says
 /// no hangs some emulators (QEMU TCG).
 pub fn detect() -> Result<(), VmxError> {
-    let (l0, l1) = (
-        core::arch::x86_64::__cpuid(0),
-        core::arch::x86_64::__cpuid(1),
-    );
-    if l1.ecx & (1 << 5) != 0 {
+    let (l0, l1) = (crate::arch::cpuid(0, 0), crate::arch::cpuid(1, 0));
+    if l1[2] & (1 << 5) != 0 {
         return Ok(());
     }
     let mut vendor = [0u8; 12];
-    vendor[..4].copy_from_slice(&l0.ebx.to_le_bytes());
-    vendor[4..8].copy_from_slice(&l0.edx.to_le_bytes());
-    vendor[8..].copy_from_slice(&l0.ecx.to_le_bytes());
+    vendor[..4].copy_from_slice(&l0[1].to_le_bytes());
+    vendor[4..8].copy_from_slice(&l0[3].to_le_bytes());
+    vendor[8..].copy_from_slice(&l0[2].to_le_bytes());
     Err(VmxError::NotAvailable {
         vendor,
-        family_model: l1.eax,
+        family_model: l1[0],
     })
 }
 
@@ -105,7 +104,7 @@ pub fn enable(caps: &VmxCaps, vmxon_phys: u64, vmxon_word: &mut u32) -> Result<(
     // Also turn caching on (CD = NW = 0) if the firmware left it off, as the
     // Bochs BIOS does: VM entry never loads CR0.CD/NW (SDM 27.3.2.1), so the
     // guest would inherit the host's.
-    const CR0_CD_NW: u64 = (1 << 30) | (1 << 29);
+    const CR0_CD_NW: u64 = crate::x86::CR0_CD | crate::x86::CR0_NW;
     let cr0 = caps.apply_cr0(Cr0::read_raw() & !CR0_CD_NW);
     let cr4 = caps.apply_cr4(Cr4::read_raw() | cr4_vmxe);
     // SAFETY: the new values only add bits the CPU requires for VMX operation

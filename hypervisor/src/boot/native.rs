@@ -14,12 +14,14 @@
 //! ```
 //! Pure: it computes addresses and entry values; the caller writes them.
 
-use crate::abi::STACK_SIZE;
+use crate::boot::abi::STACK_SIZE;
+use crate::x86::state::{DescriptorTable, GuestState};
 
 pub const BOOT_INFO_GPA: u64 = 0x40;
 /// Distance between two vCPUs' BootInfo structures.
 pub const BOOT_INFO_STRIDE: u64 = 64;
-const _: () = assert!(core::mem::size_of::<crate::abi::BootInfo>() as u64 <= BOOT_INFO_STRIDE);
+const _: () =
+    assert!(core::mem::size_of::<crate::boot::abi::BootInfo>() as u64 <= BOOT_INFO_STRIDE);
 pub const GDT_GPA: u64 = 0x1000 - 24;
 /// As many vCPUs as BootInfo structures fit below the GDT.
 pub const MAX_VCPUS: u32 = ((GDT_GPA - BOOT_INFO_GPA) / BOOT_INFO_STRIDE) as u32;
@@ -115,6 +117,25 @@ impl Layout {
             (0..MAPPED_GIB * 512).map(|i| (PD_GPA + i * 8, (i << 21) | PRESENT | WRITABLE | HUGE));
         pml4.chain(pdpt).chain(pd)
     }
+}
+
+/// The initial state of vCPU `id` of a native guest: 64-bit mode with the
+/// tables and GDT above, RSP at its stack, RDI at its BootInfo.
+pub fn initial_state(entry: u64, layout: &Layout, id: u32) -> GuestState {
+    let gdt = DescriptorTable {
+        base: GDT_GPA,
+        limit: (GDT.len() * 8 - 1) as u32,
+    };
+    let mut s = GuestState::long_mode(
+        entry,
+        layout.stack_top(id),
+        PML4_GPA,
+        gdt,
+        CODE_SELECTOR,
+        DATA_SELECTOR,
+    );
+    s.gprs.rdi = layout.boot_info_gpa(id);
+    s
 }
 
 #[cfg(test)]

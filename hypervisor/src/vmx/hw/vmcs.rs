@@ -3,9 +3,9 @@
 //! "Virtual Machine Control Structures"; the checks they must pass are in
 //! 27.2 and 27.3 "Checks on ... VM Entry").
 
-use super::caps::{Controls, VmEntryControls, VmExitControls, VmxCaps};
-use super::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsAccess, VmcsError, VmcsNatural};
-use crate::guest_state::GuestState;
+use crate::vmx::caps::{Controls, VmEntryControls, VmExitControls, VmxCaps};
+use crate::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsAccess, VmcsError, VmcsNatural};
+use crate::x86::state::GuestState;
 use x86_64::instructions::tables::{sgdt, sidt};
 use x86_64::registers::control::{Cr0, Cr3, Cr4};
 use x86_64::registers::model_specific::{Efer, FsBase, GsBase};
@@ -84,7 +84,7 @@ pub struct VmcsConfig {
 
 /// Writes controls and host state for this core.
 pub fn write_controls_and_host(
-    v: &mut CurrentVmcs,
+    v: &mut impl VmcsAccess,
     caps: &VmxCaps,
     c: &VmcsConfig,
 ) -> Result<(), VmcsError> {
@@ -111,7 +111,7 @@ pub fn write_controls_and_host(
     v.write64(Vmcs64::VmcsLinkPointer, u64::MAX)?;
     if c.controls
         .secondary()
-        .contains(super::caps::SecondaryProcBased::ENABLE_VPID)
+        .contains(crate::vmx::caps::SecondaryProcBased::ENABLE_VPID)
     {
         v.write16(Vmcs16::Vpid, c.vpid)?;
     }
@@ -146,8 +146,9 @@ pub fn write_controls_and_host(
     if ctl.exit & VmExitControls::LOAD_PAT.bits() != 0 {
         // SAFETY: IA32_PAT exists on every CPU with VMX; reading it has no
         // side effects.
-        let pat =
-            unsafe { x86_64::registers::model_specific::Msr::new(super::caps::IA32_PAT).read() };
+        let pat = unsafe {
+            x86_64::registers::model_specific::Msr::new(crate::x86::msr::IA32_PAT).read()
+        };
         v.write64(Vmcs64::HostIa32Pat, pat)?;
     }
     Ok(())
@@ -157,14 +158,14 @@ pub fn write_controls_and_host(
 /// (hidden from the guest by the guest/host masks and read shadows), and
 /// sets the "IA-32e mode guest" entry control to match EFER.LMA.
 pub fn write_guest_state(
-    v: &mut CurrentVmcs,
+    v: &mut impl VmcsAccess,
     caps: &VmxCaps,
     ctl: &Controls,
     s: &GuestState,
 ) -> Result<(), VmcsError> {
     let unrestricted = ctl
         .secondary()
-        .contains(super::caps::SecondaryProcBased::UNRESTRICTED_GUEST);
+        .contains(crate::vmx::caps::SecondaryProcBased::UNRESTRICTED_GUEST);
     // The guest owns every CR0/CR4 bit except those VMX fixes: a write that
     // would change one of those exits (SDM 26.3 "Changes to ... CR0 and CR4").
     let (cr0_one, cr0_may) = caps.guest_cr0_fixed(unrestricted);

@@ -15,12 +15,12 @@
 //! or is about to have it set by the vCPU that made it writable.
 //!
 //! **Enabling logging:** [`DirtyBitmap::clear_all`], then
-//! [`Ept::write_protect_range`](crate::ept::Ept::write_protect_range) over the
+//! [`Ept::write_protect_range`](crate::mm::ept::Ept::write_protect_range) over the
 //! whole slot (this splits 2 MiB leaves), then INVEPT on all cores. Whatever
 //! the guest wrote before that is covered by the initial full copy.
 //!
 //! **vCPU, on an EPT violation caused by a write to a logged slot:**
-//! 1. restore write access: [`Ept::make_writable`](crate::ept::Ept::make_writable)
+//! 1. restore write access: [`Ept::make_writable`](crate::mm::ept::Ept::make_writable)
 //!    (or, for a page not mapped yet, `map_4k` with WRITE);
 //! 2. **then** [`DirtyBitmap::mark`] the page;
 //! 3. resume the guest.
@@ -31,7 +31,7 @@
 //!
 //! **Controller, each round:**
 //! 1. [`DirtyBitmap::get_and_clear`], write-protecting each reported page in
-//!    `on_page` ([`Ept::write_protect`](crate::ept::Ept::write_protect));
+//!    `on_page` ([`Ept::write_protect`](crate::mm::ept::Ept::write_protect));
 //! 2. INVEPT on every core (and wait until all have done it);
 //! 3. only now read (copy) the reported pages.
 //!
@@ -263,8 +263,8 @@ impl Iterator for SetPages<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ept::test_mem::TestMem;
-    use crate::ept::{Ept, EptPerms, SIZE_4K};
+    use crate::mm::ept::test_mem::TestMem;
+    use crate::mm::ept::{Ept, EptPerms, SIZE_4K};
     use proptest::prelude::*;
     use std::collections::HashSet;
     use std::sync::atomic::AtomicBool;

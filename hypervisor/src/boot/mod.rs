@@ -1,0 +1,8 @@
+//! Guest loaders: how a guest gets into memory and what state its vCPUs start
+//! in. `payload` unpacks what the image builder put in the ramdisk; `native`
+//! and `elf` load the project's own 64-bit guests (the `abi`).
+
+pub mod abi;
+pub mod elf;
+pub mod native;
+pub mod payload;

@@ -1,0 +1,34 @@
+//! Memory: guest-physical memory in memslots, the EPT built from them, dirty
+//! bitmaps, and host frames. Everything here but `host` and `heap` is pure and
+//! tests on the host.
+
+pub mod dirty;
+pub mod ept;
+pub mod fault;
+pub mod frames;
+pub mod memslot;
+
+#[cfg(target_os = "none")]
+pub mod heap;
+#[cfg(target_os = "none")]
+pub mod host;
+
+pub mod guest_mem;
+
+/// Host physical memory as a VM uses it: frames for guest RAM, VMX bitmaps
+/// and EPT tables, reached through a mapping of physical memory. The kernel
+/// implements it over the bootloader's map (`host::KernelMemory`); host
+/// tests over leaked heap memory. A handle: cheap to copy.
+///
+/// # Safety
+/// `alloc` must return `n` contiguous 4 KiB-aligned frames that belong to the
+/// caller alone until freed, and `ptr(phys)` must be a valid, writable
+/// mapping of every byte of every frame it handed out.
+pub unsafe trait HostMemory: ept::EptMemory + Clone + Send + Sync {
+    /// `n` contiguous frames, not zeroed; `None` when memory is exhausted.
+    fn alloc(&self, n: u64) -> Option<u64>;
+    /// Bytes still available.
+    fn remaining(&self) -> u64;
+    /// Where host physical address `phys` is mapped.
+    fn ptr(&self, phys: u64) -> *mut u8;
+}
