@@ -1,8 +1,9 @@
 //! The hypervisor library.
 //!
-//! Pure modules (memslot, ept, dirty, payload, and the decoding parts of vmx)
-//! know nothing of the CPU they run on: they build and test on the host. Arch
-//! code (`asm!`, MSRs, VMCS access) only builds for `x86_64-unknown-none`.
+//! Pure modules (memslot, ept, dirty, payload, devices, and the decoding parts
+//! of vmx) know nothing of the CPU they run on: they build and test on the
+//! host. Arch code (`asm!`, MSRs, VMCS access) only builds for
+//! `x86_64-unknown-none`.
 #![cfg_attr(not(test), no_std)]
 #![cfg_attr(target_os = "none", feature(abi_x86_interrupt))]
 
@@ -10,6 +11,7 @@ extern crate alloc;
 
 pub mod abi;
 pub mod config;
+pub mod devices;
 pub mod dirty;
 pub mod ept;
 pub mod frames;
