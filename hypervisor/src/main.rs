@@ -242,6 +242,7 @@ mod kernel {
             None
         };
         let reports: Vec<&VcpuReport> = (0..vcpus as usize).map(|i| REPORTS[i].wait()).collect();
+        vm.flush_output();
         let ok = reports.iter().all(|r| r.ok()) && outcome.as_ref().is_none_or(|o| o.ok);
         report::print(vm, &reports, outcome.as_ref(), tsc_hz, ok);
         vmx::hw::on::disable();
@@ -257,6 +258,14 @@ mod kernel {
             match vcpu {
                 Some(id) => println!("[vcpu{id}] {text}"),
                 None => println!("{text}"),
+            }
+        }
+        fn serial_line(&self, text: &str) {
+            // The UART does not know its writer: name the vCPU of this core.
+            let core = smp::current_index();
+            match core.checked_sub(CONTROLLER.load(Ordering::Acquire) as usize) {
+                Some(id) => println!("[vcpu{id}] {text}"),
+                None => println!("[com1] {text}"),
             }
         }
     }

@@ -1,6 +1,6 @@
-//! Port I/O (exit reason 30). Every port exits (all-ones I/O bitmaps); a
-//! small bus maps port ranges to device models. Unclaimed ports read as
-//! all ones and ignore writes, like an empty ISA bus.
+//! Port I/O (exit reason 30). Every port exits (all-ones I/O bitmaps); the
+//! VM's port-I/O bus routes the access to a device model. Unclaimed ports read
+//! as all ones and ignore writes, like an empty ISA bus.
 
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Stop};
@@ -8,19 +8,6 @@ use crate::vcpu::{Hw, Vcpu};
 use crate::vmx::exit::{IoDirection, IoQualification};
 use crate::vmx::fields::VmcsNatural;
 use alloc::format;
-
-const COM1: u16 = 0x3f8;
-const LSR_THR_EMPTY: u32 = 0x20;
-const LSR_TX_IDLE: u32 = 0x40;
-
-/// COM1, as far as a polling guest needs it: THR output goes to the guest
-/// console (prefixed with the vCPU), LSR always says "ready".
-fn com1_read(port: u16) -> u32 {
-    match port - COM1 {
-        5 => LSR_THR_EMPTY | LSR_TX_IDLE,
-        _ => 0,
-    }
-}
 
 pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
     let q = IoQualification::from_qualification(v.vmcs.read_nat(VmcsNatural::ExitQualification)?);
@@ -37,10 +24,14 @@ pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> 
         ));
     }
     let mask = q.value_mask();
-    let com1 = (COM1..COM1 + 8).contains(&q.port);
+    let port = u64::from(q.port);
+    let size = usize::from(q.size);
     match q.direction {
         IoDirection::In => {
-            let value = if com1 { com1_read(q.port) } else { u32::MAX } & mask;
+            let mut data = [0u8; 4];
+            // An unclaimed port reads all ones (the bus fills them in).
+            v.vm.pio.read(port, &mut data[..size]);
+            let value = u32::from_le_bytes(data) & mask;
             // IN to AL/AX leaves the rest of RAX; IN to EAX zero-extends.
             let rax = if q.size == 4 {
                 u64::from(value)
@@ -51,9 +42,8 @@ pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> 
         }
         IoDirection::Out => {
             let value = v.regs.rax as u32 & mask;
-            if q.port == COM1 {
-                v.console_bytes(&[value as u8]);
-            }
+            // An unclaimed port ignores the write.
+            v.vm.pio.write(port, &value.to_le_bytes()[..size]);
         }
     }
     v.skip_instruction()?;

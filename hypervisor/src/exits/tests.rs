@@ -72,6 +72,9 @@ impl GuestOutput for Lines {
         let prefix = vcpu.map_or(String::new(), |v| std::format!("[vcpu{v}] "));
         self.0.lock().unwrap().push(prefix + text);
     }
+    fn serial_line(&self, text: &str) {
+        self.0.lock().unwrap().push(std::format!("[com1] {text}"));
+    }
 }
 
 fn no_kick(_: u32) {}
@@ -364,7 +367,7 @@ fn unclaimed_ports_read_all_ones_into_the_access_size_only() {
 }
 
 #[test]
-fn com1_output_becomes_a_line_of_the_vcpu() {
+fn com1_output_goes_through_the_16550_a_line_at_a_time() {
     let (vm, out) = vm();
     let mut v = vcpu(vm, 1, io(0x3f8, 1, false, false));
     for b in b"hi\n" {
@@ -372,7 +375,11 @@ fn com1_output_becomes_a_line_of_the_vcpu() {
         v.vmcs.write_nat(VmcsNatural::GuestRip, RIP).unwrap();
         resumes(dispatch(&mut v, ExitReason::IoInstruction));
     }
-    assert_eq!(out.0.lock().unwrap().as_slice(), ["[vcpu1] hi".to_string()]);
+    assert_eq!(out.0.lock().unwrap().as_slice(), ["[com1] hi".to_string()]);
+    // LSR (port 0x3fd): transmitter empty and idle, no data.
+    let mut v = vcpu(vm, 1, io(0x3fd, 1, true, false));
+    resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    assert_eq!(v.regs.rax & 0xff, 0x60);
 }
 
 #[test]

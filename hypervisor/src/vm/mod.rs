@@ -9,6 +9,8 @@ use crate::boot::abi::{BootInfo, BOOT_INFO_MAGIC};
 use crate::boot::elf;
 use crate::boot::native::{self, Layout};
 use crate::config::RunConfig;
+use crate::devices::serial::{self, Serial};
+use crate::devices::{MmioBus, PioBus, SerialSink};
 use crate::machine::cpuid::CpuidPolicy;
 use crate::mm::dirty::DirtyBitmap;
 use crate::mm::ept::Ept;
@@ -21,9 +23,11 @@ use crate::x86::state::GuestState;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::sync::atomic::AtomicU64;
 use requests::Requests;
+use spin::Mutex;
 
 pub type SlotBitmap = DirtyBitmap<Box<[AtomicU64]>>;
 
@@ -31,7 +35,22 @@ pub type SlotBitmap = DirtyBitmap<Box<[AtomicU64]>>;
 /// tests). `vcpu` is the vCPU that wrote the line, where known.
 pub trait GuestOutput: Sync {
     fn line(&self, vcpu: Option<u32>, text: &str);
+    /// A line the guest wrote to its UART (COM1). The UART does not know
+    /// which vCPU wrote it; the kernel names the vCPU of the core it runs on.
+    fn serial_line(&self, text: &str);
 }
+
+/// COM1's output, to the VM's [`GuestOutput`].
+struct SerialOut(&'static dyn GuestOutput);
+
+impl SerialSink for SerialOut {
+    fn line(&mut self, text: &[u8]) {
+        self.0.serial_line(&String::from_utf8_lossy(text));
+    }
+}
+
+/// COM1's I/O ports (QEMU's `pc` machine, IRQ 4).
+pub const COM1_BASE: u64 = 0x3f8;
 
 /// What a vCPU's counters are at a point in time, for a workload's phases.
 #[derive(Clone, Copy, Default, Debug)]
@@ -91,6 +110,11 @@ pub struct Vm<M: HostMemory> {
     pub workload: Option<&'static dyn Workload>,
     /// The guest's CPUID.
     pub cpuid: CpuidPolicy,
+    /// Port I/O and MMIO: the device models, by address range.
+    pub pio: PioBus,
+    pub mmio: MmioBus,
+    /// COM1, also on `pio` (kept typed to flush it at the end).
+    pub com1: Arc<Mutex<Serial>>,
     pub layout: Layout,
     pub entry: u64,
     pub vcpus: u32,
@@ -278,6 +302,10 @@ impl<M: HostMemory> Vm<M> {
         }
         let ept = Ept::new(mem.clone()).map_err(|e| format!("EPT: {e}"))?;
         let ept_caps = caps.ept_caps();
+        let com1 = Arc::new(Mutex::new(Serial::new(Box::new(SerialOut(out)))));
+        let mut pio = PioBus::new();
+        pio.insert(COM1_BASE, serial::PORT_COUNT, com1.clone())
+            .map_err(|e| format!("COM1: {e}"))?;
         let msr_bitmap = all_ones_frame(&mem)?;
         let io_bitmaps = (all_ones_frame(&mem)?, all_ones_frame(&mem)?);
         Ok(Vm {
@@ -289,6 +317,9 @@ impl<M: HostMemory> Vm<M> {
             out,
             workload,
             cpuid,
+            pio,
+            mmio: MmioBus::new(),
+            com1,
             layout,
             entry: image.entry,
             vcpus,
@@ -309,6 +340,11 @@ impl<M: HostMemory> Vm<M> {
 
     pub fn guest_mem(&self) -> GuestMem<'_, M> {
         GuestMem::new(&self.slots, &self.mem)
+    }
+
+    /// Hands over the guest's unfinished output lines (at the end of a run).
+    pub fn flush_output(&self) {
+        self.com1.lock().flush();
     }
 
     /// vCPU `id` stopped: it holds no translation any more and will not
