@@ -28,9 +28,7 @@ mod kernel {
     use hypervisor::mm::{frames, heap};
     use hypervisor::vcpu::VcpuReport;
     use hypervisor::vm::{GuestOutput, Vm, VmParts};
-    use hypervisor::vmx::caps::{
-        derive_controls, ControlRequest, SecondaryProcBased, VmEntryControls, VmExitControls,
-    };
+    use hypervisor::vmx::controls::{derive_for_hypervisor, SecondaryProcBased};
     use hypervisor::workload::dirtylog;
     use hypervisor::{console, println, report, run, vmx};
     use log::{error, info};
@@ -148,29 +146,10 @@ mod kernel {
         })?;
         let caps = vmx::hw::on::read_caps();
         println!("{caps}");
-        let mut request = ControlRequest::default_for_guest();
-        // Guest EFER lives in the VMCS (CR0.PG and EFER writes are emulated
-        // there), and the dirty-log kick IPI is acknowledged on exit.
-        request.entry.required |= VmEntryControls::LOAD_EFER.bits();
-        request.exit.required |= VmExitControls::ACK_INTERRUPT_ON_EXIT.bits();
-        // The guest's IA32_PAT (emulated by exits/msr.rs) takes effect where
-        // the CPU can switch PAT on entry and exit.
-        request.entry.optional |= VmEntryControls::LOAD_PAT.bits();
-        request.exit.optional |= VmExitControls::LOAD_PAT.bits();
-        let mut controls = derive_controls(&caps, &request).map_err(|e| {
+        let controls = derive_for_hypervisor(&caps).map_err(|e| {
             error!("{e}");
             "this CPU lacks VMX features the hypervisor needs"
         })?;
-        // PAT switching only in both directions, or the guest's PAT would
-        // stay in force in the hypervisor after an exit.
-        let (pat_in, pat_out) = (
-            VmEntryControls::LOAD_PAT.bits(),
-            VmExitControls::LOAD_PAT.bits(),
-        );
-        if (controls.entry & pat_in != 0) != (controls.exit & pat_out != 0) {
-            controls.entry = caps.entry.adjust(controls.entry & !pat_in);
-            controls.exit = caps.exit.adjust(controls.exit & !pat_out);
-        }
         info!("VMX controls: {controls}");
 
         let vmxon = mem::alloc_zeroed(1).ok_or("out of memory")?;

@@ -8,7 +8,7 @@
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Stop};
 use crate::vcpu::{Hw, Vcpu};
-use crate::vmx::caps::{SecondaryProcBased, VmEntryControls};
+use crate::vmx::controls::{SecondaryProcBased, VmEntryControls};
 use crate::vmx::exit::{CrAccess, CrAccessType};
 use crate::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
 use crate::x86::{

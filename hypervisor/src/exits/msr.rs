@@ -5,7 +5,7 @@
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Stop};
 use crate::vcpu::{Hw, Vcpu};
-use crate::vmx::caps::VmEntryControls;
+use crate::vmx::controls::VmEntryControls;
 use crate::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
 use crate::x86::msr;
 use crate::x86::{EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE};

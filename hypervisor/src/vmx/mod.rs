@@ -3,6 +3,7 @@
 //! VMCS, the entry assembly) and only builds for the kernel.
 
 pub mod caps;
+pub mod controls;
 pub mod exit;
 pub mod fields;
 

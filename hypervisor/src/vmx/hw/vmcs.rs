@@ -3,7 +3,8 @@
 //! "Virtual Machine Control Structures"; the checks they must pass are in
 //! 27.2 and 27.3 "Checks on ... VM Entry").
 
-use crate::vmx::caps::{Controls, VmEntryControls, VmExitControls, VmxCaps};
+use crate::vmx::caps::VmxCaps;
+use crate::vmx::controls::{Controls, VmEntryControls, VmExitControls};
 use crate::vmx::fields::{Vmcs16, Vmcs32, Vmcs64, VmcsAccess, VmcsError, VmcsNatural};
 use crate::x86::state::GuestState;
 use x86_64::instructions::tables::{sgdt, sidt};
@@ -111,7 +112,7 @@ pub fn write_controls_and_host(
     v.write64(Vmcs64::VmcsLinkPointer, u64::MAX)?;
     if c.controls
         .secondary()
-        .contains(crate::vmx::caps::SecondaryProcBased::ENABLE_VPID)
+        .contains(crate::vmx::controls::SecondaryProcBased::ENABLE_VPID)
     {
         v.write16(Vmcs16::Vpid, c.vpid)?;
     }
@@ -165,7 +166,7 @@ pub fn write_guest_state(
 ) -> Result<(), VmcsError> {
     let unrestricted = ctl
         .secondary()
-        .contains(crate::vmx::caps::SecondaryProcBased::UNRESTRICTED_GUEST);
+        .contains(crate::vmx::controls::SecondaryProcBased::UNRESTRICTED_GUEST);
     // The guest owns every CR0/CR4 bit except those VMX fixes: a write that
     // would change one of those exits (SDM 26.3 "Changes to ... CR0 and CR4").
     let (cr0_one, cr0_may) = caps.guest_cr0_fixed(unrestricted);
