@@ -19,6 +19,7 @@ pub mod guest_state;
 pub mod limits;
 pub mod memslot;
 pub mod payload;
+pub mod report;
 pub mod vmx;
 
 // Arch code: only for the kernel target.
