@@ -1,6 +1,9 @@
 //! The run configuration: `key=value` lines that the loader puts in the
 //! payload next to the guest (see `payload`). Unknown keys and bad values are
 //! errors, reported with the offending line, never silently ignored.
+//!
+//! One type, both ways: xtask builds a [`RunConfig`] and writes it with its
+//! `Display` impl; the kernel reads it back with [`RunConfig::parse`].
 
 use core::fmt;
 
@@ -145,6 +148,31 @@ impl<'a> RunConfig<'a> {
     }
 }
 
+/// The `key=value` lines that [`RunConfig::parse`] reads back into the same
+/// value: every key, one per line (`readonly_slot` only when set).
+impl fmt::Display for RunConfig<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "guest={}", self.guest)?;
+        writeln!(f, "mem_mib={}", self.mem_mib)?;
+        writeln!(f, "slots={}", self.slots)?;
+        writeln!(f, "cache={}", self.cache)?;
+        writeln!(f, "cpus={}", self.cpus)?;
+        writeln!(f, "emulator={}", self.emulator)?;
+        writeln!(f, "iterations={}", self.iterations)?;
+        writeln!(f, "bytes_per_vcpu={}", self.bytes_per_vcpu)?;
+        let mode = if self.dirty_concurrent {
+            "concurrent"
+        } else {
+            "sync"
+        };
+        writeln!(f, "dirty_mode={mode}")?;
+        if let Some(i) = self.readonly_slot {
+            writeln!(f, "readonly_slot={i}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +216,40 @@ mod tests {
         let e = RunConfig::parse("colour=blue").unwrap_err();
         assert_eq!(e.line, "colour=blue");
         assert_eq!(e.reason, "unknown key");
+    }
+
+    #[test]
+    fn written_text_parses_back() {
+        let configs = [
+            RunConfig::default(),
+            RunConfig {
+                guest: "memtouch",
+                mem_mib: 64,
+                slots: 8,
+                cache: "vm",
+                cpus: 4,
+                emulator: true,
+                readonly_slot: Some(7),
+                ..RunConfig::default()
+            },
+            RunConfig {
+                guest: "dirtylog",
+                mem_mib: 3,
+                slots: 508,
+                cache: "none",
+                cpus: 62,
+                iterations: 3,
+                bytes_per_vcpu: 1 << 20,
+                dirty_concurrent: true,
+                ..RunConfig::default()
+            },
+        ];
+        for c in configs {
+            let text = c.to_string();
+            assert_eq!(RunConfig::parse(&text), Ok(c), "{text}");
+        }
+        let text = configs[1].to_string();
+        assert!(text.contains("guest=memtouch\n") && text.contains("readonly_slot=7\n"));
+        assert!(!RunConfig::default().to_string().contains("readonly_slot"));
     }
 }

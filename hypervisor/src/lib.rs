@@ -16,6 +16,7 @@ pub mod exits;
 pub mod limits;
 pub mod machine;
 pub mod mm;
+pub mod report;
 pub mod vcpu;
 pub mod vm;
 pub mod vmx;
@@ -26,8 +27,6 @@ pub mod x86;
 pub mod arch;
 #[cfg(target_os = "none")]
 pub mod console;
-#[cfg(target_os = "none")]
-pub mod report;
 #[cfg(target_os = "none")]
 pub mod run;
 #[cfg(target_os = "none")]

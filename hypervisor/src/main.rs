@@ -26,11 +26,12 @@ mod kernel {
     use hypervisor::machine::cpuid::{CpuidPolicy, Provided};
     use hypervisor::mm::host::{self as mem, KernelMemory};
     use hypervisor::mm::{frames, heap};
+    use hypervisor::report::print as report;
     use hypervisor::vcpu::VcpuReport;
     use hypervisor::vm::{GuestOutput, Vm, VmParts};
     use hypervisor::vmx::controls::{derive_for_hypervisor, SecondaryProcBased};
     use hypervisor::workload::dirtylog;
-    use hypervisor::{console, println, report, run, vmx};
+    use hypervisor::{console, println, run, vmx};
     use log::{error, info};
     use spin::Once;
 
