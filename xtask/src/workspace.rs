@@ -55,7 +55,9 @@ pub fn root_from(manifest_dir: Option<&Path>, cwd: &Path) -> Result<PathBuf> {
 
 /// The workspace this xtask run works on.
 pub fn root() -> Result<PathBuf> {
-    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .filter(|m| !m.is_empty())
+        .map(PathBuf::from);
     let cwd = std::env::current_dir()?;
     root_from(manifest.as_deref(), &cwd)
 }
