@@ -96,6 +96,111 @@ pub struct Outcome {
     pub log: String,
     pub log_path: PathBuf,
     pub elapsed: Duration,
+    /// The emulator's own error lines (see [`emulator_errors`]).
+    pub emulator_errors: Vec<String>,
+}
+
+impl Outcome {
+    /// Why a run gave no result, for people: the emulator's own error lines
+    /// when it printed any, and where the logs are.
+    pub fn no_result_text(&self, dir: &Path) -> String {
+        let mut t = String::new();
+        if !self.emulator_errors.is_empty() {
+            t.push_str("the emulator said:\n    ");
+            t.push_str(&self.emulator_errors.join("\n    "));
+            t.push('\n');
+        }
+        t.push_str(&format!(
+            "serial log: {}; emulator output: {}",
+            self.log_path.display(),
+            dir.join("emulator.out").display()
+        ));
+        if dir.join("bochs.log").exists() {
+            t.push_str(&format!("; Bochs log: {}", dir.join("bochs.log").display()));
+        }
+        t
+    }
+}
+
+/// Lines quoted from an emulator at most.
+const MAX_ERROR_LINES: usize = 12;
+
+/// Bochs' complaints in its log or output: `>>PANIC<<` lines (a refused
+/// configuration is one: "numerical parameter 'host_size' was set to 4096,
+/// which is out of range 1 to 2048") and the message it exits with. The
+/// timestamp and level prefix is dropped; each message is quoted once.
+pub fn bochs_errors(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut push = |line: &str| {
+        let line = line.trim();
+        // "00000000000p[SIM   ] >>PANIC<< msg" -> "[SIM] msg"
+        let line = match line.find('[') {
+            Some(i) if line[..i].chars().all(|c| c.is_ascii_alphanumeric()) => &line[i..],
+            _ => line,
+        };
+        let (module, msg) = match line.strip_prefix('[').and_then(|l| l.split_once(']')) {
+            Some((m, rest)) => (m.trim(), rest.trim()),
+            None => ("", line),
+        };
+        let msg = msg.strip_prefix(">>PANIC<<").unwrap_or(msg).trim();
+        if msg.is_empty() || out.iter().any(|o| o.ends_with(msg)) {
+            return;
+        }
+        out.push(if module.is_empty() {
+            msg.to_string()
+        } else {
+            format!("[{module}] {msg}")
+        });
+    };
+    let mut exiting = false;
+    for line in text.lines() {
+        if exiting {
+            exiting = false;
+            if !line.starts_with("====") {
+                push(line);
+            }
+        }
+        if line.contains(">>PANIC<<") {
+            push(line);
+        } else if line.contains("Bochs is exiting with the following message") {
+            exiting = true;
+        }
+    }
+    out.truncate(MAX_ERROR_LINES);
+    out
+}
+
+/// QEMU's complaints on its output: its `qemu-system-x86_64: ...` lines and
+/// lines that say error (e.g. "KVM internal error").
+pub fn qemu_errors(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        let said = line.starts_with("qemu-system") || line.to_ascii_lowercase().contains("error");
+        if said && !line.starts_with("ALSA lib") && !out.iter().any(|o| o == line) {
+            out.push(line.chars().take(300).collect());
+        }
+    }
+    out.truncate(MAX_ERROR_LINES);
+    out
+}
+
+/// The emulator's own error lines from a run's folder: Bochs' log and
+/// output, or QEMU's output.
+pub fn emulator_errors(backend: Backend, dir: &Path) -> Vec<String> {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    };
+    match backend {
+        Backend::Bochs => {
+            // A refused configuration only reaches the output: the log file
+            // is opened after the configuration is read.
+            let text = format!("{}\n{}", read("emulator.out"), read("bochs.log"));
+            bochs_errors(&text)
+        }
+        Backend::Qemu | Backend::QemuKvm => qemu_errors(&read("emulator.out")),
+    }
 }
 
 pub const BOCHS_DEFAULT_MODEL: &str = "corei7_skylake_x";
@@ -109,9 +214,7 @@ pub fn needs(backend: Backend, firmware: Firmware) -> Vec<&'static [setup::Need]
 }
 
 fn bochs_command(spec: &RunSpec, image: &Path, log: &Path) -> Result<Command> {
-    if spec.firmware == Firmware::Uefi {
-        bail!("the Bochs backend boots BIOS images only; use --backend qemu for UEFI");
-    }
+    // UEFI under Bochs was refused with the options (cmd_run).
     let model = spec.cpu_model.as_deref().unwrap_or(BOCHS_DEFAULT_MODEL);
     // 1 MiB-aligned, at least what the bootloader and hypervisor need.
     let rc = format!(
@@ -213,6 +316,9 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
     }
     let log_path = spec.dir.join("serial.log");
     std::fs::write(&log_path, b"")?;
+    // A Bochs that refuses its configuration writes no log: an old one
+    // must not speak for it.
+    let _ = std::fs::remove_file(spec.dir.join("bochs.log"));
     let mut cmd = match spec.backend {
         Backend::Bochs => bochs_command(spec, &image, &log_path)?,
         Backend::Qemu | Backend::QemuKvm => qemu_command(spec, &image, &log_path)?,
@@ -277,6 +383,7 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
         log,
         log_path,
         elapsed: start.elapsed(),
+        emulator_errors: emulator_errors(spec.backend, &spec.dir),
     })
 }
 
@@ -299,5 +406,63 @@ mod tests {
             Some(Verdict::Failure)
         );
         assert_eq!(verdict_of("booting\n"), None);
+    }
+
+    /// Bochs 2.7's own output for `megs: 2049` (trimmed).
+    const BOCHS_REFUSES_MEMORY: &str = "\
+00000000000i[      ] reading configuration from bochsrc
+00000000000p[SIM   ] >>PANIC<< numerical parameter 'host_size' was set to 2049, which is out of range 1 to 2048
+00000000000e[SIM   ] notify called, but no bxevent_callback function is registered
+========================================================================
+Bochs is exiting with the following message:
+[SIM   ] numerical parameter 'host_size' was set to 2049, which is out of range 1 to 2048
+========================================================================
+00000000000i[SIM   ] quit_sim called with exit code 1
+";
+
+    #[test]
+    fn bochs_refusals_are_quoted() {
+        assert_eq!(
+            bochs_errors(BOCHS_REFUSES_MEMORY),
+            ["[SIM] numerical parameter 'host_size' was set to 2049, which is out of range 1 to 2048"]
+        );
+        let timers = "00000000000p[SYS   ] >>PANIC<< register_timer: too many registered timers\n";
+        assert_eq!(
+            bochs_errors(timers),
+            ["[SYS] register_timer: too many registered timers"]
+        );
+        // A run's ordinary log has no complaint.
+        let ok = "00267505392e[CPU0  ] VMEXIT: EPT violation for guest paddr 0x1000\n\
+                  00000000000i[MEM0  ] 2048.00MB\n";
+        assert!(bochs_errors(ok).is_empty());
+    }
+
+    #[test]
+    fn qemu_complaints_are_quoted() {
+        let out = "ALSA lib conf.c: error\n\
+                   qemu-system-x86_64: cannot set up guest memory 'pc.ram': Cannot allocate memory\n\
+                   booting\n";
+        assert_eq!(
+            qemu_errors(out),
+            ["qemu-system-x86_64: cannot set up guest memory 'pc.ram': Cannot allocate memory"]
+        );
+    }
+
+    #[test]
+    fn a_run_without_result_names_the_emulators_words() {
+        let dir = std::env::temp_dir().join(format!("xtask-emu-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("emulator.out"), BOCHS_REFUSES_MEMORY).unwrap();
+        let o = Outcome {
+            verdict: Verdict::NoResult,
+            log: String::new(),
+            log_path: dir.join("serial.log"),
+            elapsed: Duration::ZERO,
+            emulator_errors: emulator_errors(Backend::Bochs, &dir),
+        };
+        let t = o.no_result_text(&dir);
+        assert!(t.contains("out of range 1 to 2048"), "{t}");
+        assert!(t.contains("emulator.out"), "{t}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,152 +1,38 @@
 //! `cargo xtask`: the one entry point for people and CI.
 //!
-//! ```text
-//! cargo xtask run   [--backend auto|bochs|qemu|qemu-kvm] [--firmware bios|uefi] [--cpus N]
-//!                   [--cpu-model M] [--timeout S] [--guest NAME] [--mem MIB] [--slots S]
-//!                   [--cache vcpu|vm|none] [--readonly-slot I] [--json]
-//! cargo xtask image [--out DIR] [--guest NAME] [--mem MIB] [--slots S] [--cache MODE] [--cpus N]
-//! cargo xtask test  [--host-only] [--filter TEXT]
-//! cargo xtask bench memslot [--quick]
-//! cargo xtask asm
-//! ```
+//! The command line is defined in [`cli`] (clap): `cargo xtask --help`, and
+//! `--help` after any subcommand, list every option with its default and an
+//! example; README.md's command block is rendered from the same definitions
+//! (`cargo xtask usage`).
+//!
+//! Modules: [`cli`] the options; [`checks`] their limits, checked once up
+//! front; [`spec`] a checked guest run → the hypervisor's `RunConfig`;
+//! [`workspace`] the root, found at run time; [`artifacts`] builds; [`emu`]
+//! boots and judges runs; [`summary`] reads the SUMMARY into the shared
+//! schema; [`tests`] the emulator tests; [`bench_dirty`] the dirty-log
+//! benchmark; [`nospec`] the speculation check; [`setup`] packages and
+//! toolchain.
 
 mod artifacts;
 mod bench_dirty;
+mod checks;
+mod cli;
 mod emu;
 mod nospec;
 mod setup;
+mod spec;
+mod summary;
 mod tests;
+mod workspace;
 
 use anyhow::{bail, Context, Result};
 use artifacts::Firmware;
-use emu::{Backend, RunSpec, Verdict};
-use std::path::{Path, PathBuf};
+use clap::Parser;
+use cli::{BenchCmd, Cli, Cmd, ImageArgs, MemslotArgs, RunArgs};
+use emu::{RunSpec, Verdict};
+use spec::GuestSpec;
+use std::path::Path;
 use std::time::Duration;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-/// Command-line words after the subcommand, consumed option by option.
-struct Args(Vec<String>);
-
-impl Args {
-    fn flag(&mut self, name: &str) -> bool {
-        match self.0.iter().position(|a| a == name) {
-            Some(i) => {
-                self.0.remove(i);
-                true
-            }
-            None => false,
-        }
-    }
-    fn value(&mut self, name: &str) -> Result<Option<String>> {
-        match self.0.iter().position(|a| a == name) {
-            Some(i) if i + 1 < self.0.len() => {
-                self.0.remove(i);
-                Ok(Some(self.0.remove(i)))
-            }
-            Some(_) => bail!("{name} needs a value"),
-            None => Ok(None),
-        }
-    }
-    fn parsed<T: std::str::FromStr>(&mut self, name: &str) -> Result<Option<T>>
-    where
-        T::Err: std::fmt::Display,
-    {
-        self.value(name)?
-            .map(|v| {
-                v.parse::<T>()
-                    .map_err(|e| anyhow::anyhow!("{name} {v:?}: {e}"))
-            })
-            .transpose()
-    }
-    fn finish(self) -> Result<()> {
-        if let Some(a) = self.0.first() {
-            bail!("unknown argument {a:?} (see the top of xtask/src/main.rs or the README)");
-        }
-        Ok(())
-    }
-}
-
-/// What a guest run is: which program, with how much memory, in how many slots.
-#[derive(Clone, Debug)]
-pub struct GuestSpec {
-    pub guest: String,
-    pub mem_mib: u64,
-    pub slots: u32,
-    pub cache: String,
-    pub cpus: u32,
-    pub extra: Vec<(String, String)>,
-}
-
-impl GuestSpec {
-    fn from_args(a: &mut Args) -> Result<Self> {
-        let cache = a.value("--cache")?.unwrap_or_else(|| "vcpu".into());
-        if !matches!(cache.as_str(), "vcpu" | "vm" | "none") {
-            bail!("--cache {cache:?}: use vcpu, vm or none");
-        }
-        let mem_mib: u64 = a.parsed("--mem")?.unwrap_or(16);
-        let slots: u32 = a.parsed("--slots")?.unwrap_or(1);
-        if mem_mib == 0 || mem_mib > 2048 {
-            bail!("--mem {mem_mib}: use 1 to 2048 MiB");
-        }
-        if slots == 0 || slots > 509 {
-            bail!("--slots {slots}: use 1 to 509");
-        }
-        if !(mem_mib * 256).is_multiple_of(u64::from(slots)) {
-            bail!("--mem {mem_mib} MiB does not split into {slots} slots of whole 4 KiB pages");
-        }
-        let mut extra = Vec::new();
-        if let Some(ro) = a.parsed::<u32>("--readonly-slot")? {
-            if ro >= slots {
-                bail!(
-                    "--readonly-slot {ro}: the slots are numbered 0 to {}",
-                    slots - 1
-                );
-            }
-            extra.push(("readonly_slot".into(), ro.to_string()));
-        }
-        Ok(GuestSpec {
-            guest: a.value("--guest")?.unwrap_or_else(|| "smoke".into()),
-            mem_mib,
-            slots,
-            cache,
-            cpus: 0,
-            extra,
-        })
-    }
-
-    /// The run configuration text the hypervisor parses (hypervisor::config).
-    pub fn config(&self, emulator: bool) -> String {
-        let mut s = format!(
-            "guest={}\nmem_mib={}\nslots={}\ncache={}\ncpus={}\nemulator={}\n",
-            self.guest, self.mem_mib, self.slots, self.cache, self.cpus, emulator as u8
-        );
-        for (k, v) in &self.extra {
-            s.push_str(&format!("{k}={v}\n"));
-        }
-        s
-    }
-
-    /// Cores the machine needs: one per vCPU, plus the dirty-log controller.
-    pub fn machine_cores(&self) -> u32 {
-        let dirty = self
-            .extra
-            .iter()
-            .any(|(k, v)| k == "iterations" && v != "0");
-        self.cpus.max(1) + dirty as u32
-    }
-
-    /// Machine memory for an emulator: the guest's plus room for the
-    /// bootloader, the hypervisor and its tables.
-    pub fn machine_mib(&self) -> u64 {
-        (self.mem_mib + 128).next_multiple_of(32)
-    }
-}
 
 /// Builds kernel, guest, loader and the image(s) into `dir`.
 pub fn prepare(
@@ -164,54 +50,54 @@ pub fn prepare(
     artifacts::make_images(&loader, &kernel, &guest, &g.config(emulator), dir, fw)
 }
 
-fn cmd_run(mut a: Args) -> Result<i32> {
-    let root = root();
-    let backend: Backend = a.parsed("--backend")?.unwrap_or_else(emu::auto);
-    let firmware = match a.value("--firmware")?.as_deref() {
-        None | Some("bios") => Firmware::Bios,
-        Some("uefi") => Firmware::Uefi,
-        Some(f) => bail!("--firmware {f:?}: use bios or uefi"),
-    };
-    let cpus: u32 = a.parsed("--cpus")?.unwrap_or(1);
-    if cpus == 0 || cpus > 64 {
-        bail!("--cpus {cpus}: use 1 to 64");
+/// `--guest` names a program of guest/src/bin (checked before any build).
+fn check_guest(root: &Path, g: &GuestSpec) -> Result<()> {
+    let names = artifacts::guest_names(root)?;
+    if !names.contains(&g.guest) {
+        bail!(
+            "--guest {:?}: no such program in guest/src/bin; there are: {}",
+            g.guest,
+            names.join(", ")
+        );
     }
-    let cpu_model = a.value("--cpu-model")?;
-    let timeout: u64 = a.parsed("--timeout")?.unwrap_or(300);
-    let json = a.flag("--json");
-    let mut g = GuestSpec::from_args(&mut a)?;
-    g.cpus = cpus;
-    a.finish()?;
+    Ok(())
+}
 
+fn cmd_run(a: &RunArgs) -> Result<i32> {
+    let (backend, g) = a.check()?;
+    let root = workspace::root()?;
+    check_guest(&root, &g)?;
     setup::ensure_toolchain(&root)?;
     let dir = artifacts::work_dir(&root).join("run");
     eprintln!(
         "xtask: building hypervisor, guest {:?} and the {:?} image",
-        g.guest, firmware
+        g.guest, a.firmware
     );
-    prepare(&root, &g, &[], &dir, &[firmware], true)?;
+    prepare(&root, &g, &[], &dir, &[a.firmware], true)?;
     eprintln!(
         "xtask: booting with {backend} ({} CPU(s)); serial log follows",
-        cpus
+        g.cpus
     );
     let spec = RunSpec {
         backend,
-        firmware,
-        cpus,
-        cpu_model,
-        timeout: Duration::from_secs(timeout),
+        firmware: a.firmware,
+        cpus: g.machine_cores(),
+        cpu_model: a.cpu_model.clone(),
+        timeout: Duration::from_secs(a.timeout),
         mem_mib: g.machine_mib(),
         dir,
-        stream: !json,
+        stream: !a.json,
     };
     let out = emu::run(&spec)?;
-    if json {
-        match out
-            .log
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("SUMMARY "))
-        {
-            Some(j) => println!("{j}"),
+    if a.json {
+        match summary::summary_line(&out.log) {
+            Some(j) => {
+                // Checked against the schema, printed as the hypervisor wrote it.
+                if let Err(e) = summary::parse_summary(j) {
+                    eprintln!("xtask: {e:#}");
+                }
+                println!("{j}");
+            }
             None => eprintln!("xtask: the run printed no SUMMARY line"),
         }
     }
@@ -227,29 +113,31 @@ fn cmd_run(mut a: Args) -> Result<i32> {
             Ok(1)
         }
         Verdict::Timeout => {
-            eprintln!("xtask: TIMEOUT: {backend} was killed after {timeout} s without a result; log: {log}");
+            eprintln!(
+                "xtask: TIMEOUT: {backend} was killed after {} s without a result; {}",
+                a.timeout,
+                out.no_result_text(&spec.dir)
+            );
             Ok(2)
         }
         Verdict::NoResult => {
             eprintln!(
-                "xtask: {backend} ended without a result line ({secs:.1} s); log: {log}, emulator output: {}",
-                spec.dir.join("emulator.out").display()
+                "xtask: {backend} ended without a result line ({secs:.1} s); {}",
+                out.no_result_text(&spec.dir)
             );
             Ok(3)
         }
     }
 }
 
-fn cmd_image(mut a: Args) -> Result<i32> {
-    let root = root();
+fn cmd_image(a: &ImageArgs) -> Result<i32> {
+    let g = a.check()?;
+    let root = workspace::root()?;
+    check_guest(&root, &g)?;
     let out = a
-        .value("--out")?
-        .map(PathBuf::from)
+        .out
+        .clone()
         .unwrap_or_else(|| artifacts::work_dir(&root).join("image"));
-    let cpus: u32 = a.parsed("--cpus")?.unwrap_or(0);
-    let mut g = GuestSpec::from_args(&mut a)?;
-    g.cpus = cpus;
-    a.finish()?;
     setup::ensure_toolchain(&root)?;
     // Real hardware: no emulator exit ports; the run ends in a halt.
     prepare(
@@ -266,61 +154,58 @@ fn cmd_image(mut a: Args) -> Result<i32> {
     Ok(0)
 }
 
-fn cmd_bench(mut a: Args) -> Result<i32> {
-    let root = root();
-    let what = if a.0.is_empty() {
-        String::new()
-    } else {
-        a.0.remove(0)
-    };
-    match what.as_str() {
-        "memslot" => {
-            let quick = a.flag("--quick");
-            a.finish()?;
-            let mut c = std::process::Command::new(
-                std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
-            );
-            c.current_dir(&root).args([
-                "bench",
-                "--quiet",
-                "-p",
-                "hypervisor",
-                "--bench",
-                "memslot",
-                "--",
-            ]);
-            if quick {
-                c.arg("--quick");
-            }
-            let ok = c.status().context("running cargo bench")?.success();
-            Ok(if ok { 0 } else { 1 })
-        }
-        "dirty-log" => bench_dirty::cmd(a),
-        _ => bail!("usage: cargo xtask bench memslot [--quick]"),
+fn cmd_bench_memslot(a: &MemslotArgs) -> Result<i32> {
+    let root = workspace::root()?;
+    let mut c =
+        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(&root).args([
+        "bench",
+        "--quiet",
+        "-p",
+        "hypervisor",
+        "--bench",
+        "memslot",
+        "--",
+    ]);
+    if a.quick {
+        c.arg("--quick");
     }
+    let ok = c.status().context("running cargo bench")?.success();
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// Prints the README's command block, or writes it into README.md.
+fn cmd_usage(update_readme: bool) -> Result<i32> {
+    let block = cli::usage_block();
+    if !update_readme {
+        print!("{block}");
+        return Ok(0);
+    }
+    let path = workspace::root()?.join("README.md");
+    let readme = std::fs::read_to_string(&path).context("reading README.md")?;
+    let Some(new) = cli::with_readme_block(&readme, &block) else {
+        bail!("README.md has no ``` block under \"## Commands\"");
+    };
+    std::fs::write(&path, new).context("writing README.md")?;
+    eprintln!("xtask: updated the command block of {}", path.display());
+    Ok(0)
 }
 
 fn main() {
-    let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let cmd = if args.is_empty() {
-        String::new()
-    } else {
-        args.remove(0)
-    };
-    let a = Args(args);
-    let r = match cmd.as_str() {
-        "run" => cmd_run(a),
-        "image" => cmd_image(a),
-        "test" => tests::cmd_test(a),
-        "bench" => cmd_bench(a),
-        "asm" => a.finish().and_then(|_| {
-            println!("{}", nospec::run(&root())?);
+    let cli = Cli::parse();
+    let r = match &cli.cmd {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Image(a) => cmd_image(a),
+        Cmd::Test(a) => tests::cmd_test(a),
+        Cmd::Bench { what } => match what {
+            BenchCmd::Memslot(a) => cmd_bench_memslot(a),
+            BenchCmd::DirtyLog(a) => bench_dirty::cmd(a),
+        },
+        Cmd::Asm => workspace::root().and_then(|root| {
+            println!("{}", nospec::run(&root)?);
             Ok(0)
         }),
-        _ => {
-            eprintln!("usage: cargo xtask run|image|test|bench|asm [options] (see README.md)");
-            Ok(2)
-        }
+        Cmd::Usage { update_readme } => cmd_usage(*update_readme),
     };
     match r {
         Ok(code) => std::process::exit(code),

@@ -3,9 +3,13 @@
 //! and verdict. Emulator tests run two at a time (each emulator uses one core).
 
 use crate::artifacts::{self, Firmware};
+use crate::cli::TestArgs;
 use crate::emu::{self, Backend, RunSpec, Verdict};
-use crate::{nospec, root, setup, Args, GuestSpec};
+use crate::spec::GuestSpec;
+use crate::summary::summary_of;
+use crate::{nospec, setup, workspace};
 use anyhow::{Context, Result};
+use hypervisor::report::schema::Summary;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -34,57 +38,31 @@ pub struct Case {
 
 fn guest(name: &str, mem_mib: u64, slots: u32) -> GuestSpec {
     // cpus is set from the case.
-    GuestSpec {
-        guest: name.into(),
-        mem_mib,
-        slots,
-        cache: "vcpu".into(),
-        cpus: 1,
-        extra: Vec::new(),
-    }
+    GuestSpec::new(name, mem_mib, slots)
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-/// The SUMMARY JSON object of a log.
-pub fn summary(log: &str) -> Result<serde_json::Value, String> {
-    let line = log
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("SUMMARY "))
-        .ok_or("no SUMMARY line")?;
-    serde_json::from_str(line).map_err(|e| format!("SUMMARY is not JSON: {e}"))
-}
-
-fn num(v: &serde_json::Value, path: &[&str]) -> Result<u64, String> {
-    let mut at = v;
-    for p in path {
-        at = match p.parse::<usize>() {
-            Ok(i) => &at[i],
-            Err(_) => &at[*p],
-        };
-    }
-    at.as_u64()
-        .ok_or_else(|| format!("SUMMARY has no number at {}", path.join(".")))
+/// The SUMMARY of a log, read into the hypervisor's schema.
+pub fn summary(log: &str) -> Result<Summary, String> {
+    summary_of(log).map_err(|e| format!("{e:#}"))
 }
 
 /// memtouch touches every page of guest RAM once: one EPT violation and one
 /// mapping per page, no more, no less.
 fn memtouch_check(log: &str) -> Result<(), String> {
     let s = summary(log)?;
-    let pages = num(&s, &["mem_pages"])?;
-    let vcpus = s["vcpu"].as_array().ok_or("no vcpu array")?;
-    let (mut faults, mut mapped) = (0, 0);
-    for i in 0..vcpus.len() {
-        let i = i.to_string();
-        faults += num(&s, &["vcpu", &i, "exits", "EPT violation"])?;
-        mapped += num(&s, &["vcpu", &i, "ept_mapped"])?;
-    }
-    let spurious: u64 = (0..vcpus.len())
-        .map(|i| num(&s, &["vcpu", &i.to_string(), "ept_spurious"]).unwrap_or(0))
+    let pages = s.mem_pages;
+    let faults: u64 = s
+        .vcpu
+        .iter()
+        .map(|v| v.exits.get("EPT violation").copied().unwrap_or(0))
         .sum();
-    if mapped != pages || faults != pages + spurious || num(&s, &["ept", "leaves_4k"])? != pages {
+    let mapped: u64 = s.vcpu.iter().map(|v| v.ept_mapped).sum();
+    let spurious: u64 = s.vcpu.iter().map(|v| v.ept_spurious).sum();
+    if mapped != pages || faults != pages + spurious || s.ept.leaves_4k != pages {
         return Err(format!(
             "{pages} guest pages, but {faults} EPT violations ({spurious} already resolved) and {mapped} pages mapped"
         ));
@@ -93,14 +71,16 @@ fn memtouch_check(log: &str) -> Result<(), String> {
 }
 
 /// Every vCPU reported PASS and shut down cleanly.
-fn all_vcpus_pass(s: &serde_json::Value, want: usize) -> Result<(), String> {
-    let vcpus = s["vcpu"].as_array().ok_or("no vcpu array")?;
-    if vcpus.len() != want {
-        return Err(format!("{} vCPUs ran, {want} expected", vcpus.len()));
+fn all_vcpus_pass(s: &Summary, want: usize) -> Result<(), String> {
+    if s.vcpu.len() != want {
+        return Err(format!("{} vCPUs ran, {want} expected", s.vcpu.len()));
     }
-    for (i, v) in vcpus.iter().enumerate() {
-        if v["status"] != "ok" || v["report"]["status"] != 0 {
-            return Err(format!("vCPU {i} did not pass: {v}"));
+    for v in &s.vcpu {
+        if v.status != "ok" || v.report.is_none_or(|r| r.status != 0) {
+            return Err(format!(
+                "vCPU {} did not pass: status {:?}, guest report {:?}",
+                v.id, v.status, v.report
+            ));
         }
     }
     Ok(())
@@ -118,13 +98,9 @@ fn smp_memtouch_check(log: &str) -> Result<(), String> {
 fn pagerace_check(log: &str) -> Result<(), String> {
     let s = summary(log)?;
     all_vcpus_pass(&s, 2)?;
-    let mapped: u64 = (0..2)
-        .map(|i| num(&s, &["vcpu", &i.to_string(), "ept_mapped"]))
-        .sum::<Result<_, _>>()?;
-    let spurious: u64 = (0..2)
-        .map(|i| num(&s, &["vcpu", &i.to_string(), "ept_spurious"]))
-        .sum::<Result<_, _>>()?;
-    let leaves = num(&s, &["ept", "leaves_4k"])?;
+    let mapped: u64 = s.vcpu.iter().map(|v| v.ept_mapped).sum();
+    let spurious: u64 = s.vcpu.iter().map(|v| v.ept_spurious).sum();
+    let leaves = s.ept.leaves_4k;
     if mapped != leaves {
         return Err(format!(
             "vCPUs mapped {mapped} pages but the EPT holds {leaves}: a page was mapped twice"
@@ -140,19 +116,13 @@ fn pagerace_check(log: &str) -> Result<(), String> {
 fn dirty_sync_check(log: &str) -> Result<(), String> {
     let s = summary(log)?;
     all_vcpus_pass(&s, 2)?;
-    let phases = s["dirty_log"]["phases"]
-        .as_array()
-        .ok_or("no dirty_log phases")?;
+    let d = s.dirty_log.as_ref().ok_or("no dirty_log in the SUMMARY")?;
     let mut iterations = 0;
-    for p in phases.iter().filter(|p| {
-        p["name"]
-            .as_str()
-            .is_some_and(|n| n.ends_with("dirty memory"))
-    }) {
+    for p in d.phases.iter().filter(|p| p.name.ends_with("dirty memory")) {
         iterations += 1;
-        let (w, d) = (p["pages_written"].as_u64(), p["pages_dirty"].as_u64());
-        if w.is_none() || w != d || w == Some(0) {
-            return Err(format!("{}: pages written {w:?}, dirty {d:?}", p["name"]));
+        let (w, dd) = (p.pages_written, p.pages_dirty);
+        if w.is_none() || w != dd || w == Some(0) {
+            return Err(format!("{}: pages written {w:?}, dirty {dd:?}", p.name));
         }
     }
     if iterations != 3 {
@@ -165,8 +135,9 @@ fn dirty_sync_check(log: &str) -> Result<(), String> {
 fn dirty_concurrent_check(log: &str) -> Result<(), String> {
     let s = summary(log)?;
     all_vcpus_pass(&s, 2)?;
-    match s["dirty_log"]["mismatches"].as_u64() {
-        Some(0) if s["dirty_log"]["ok"] == true => Ok(()),
+    let d = s.dirty_log.as_ref().ok_or("no dirty_log in the SUMMARY")?;
+    match d.mismatches {
+        Some(0) if d.ok => Ok(()),
         m => Err(format!(
             "shadow copy differs from guest memory on {m:?} page(s): a write was lost"
         )),
@@ -276,7 +247,7 @@ pub fn cases() -> Vec<Case> {
             .absent(&["CONTAINED"]),
     );
     let mut ro = guest("memtouch", 16, 4);
-    ro.extra = vec![("readonly_slot".into(), "3".into())];
+    ro.readonly_slot = Some(3);
     // memtouch writes upwards: its first write into slot 3 is at 12 MiB.
     v.push(
         Case::bochs("bochs-readonly-slot-contained", ro, Failure)
@@ -306,11 +277,9 @@ pub fn cases() -> Vec<Case> {
         ("concurrent", dirty_concurrent_check),
     ] {
         let mut g = guest("dirtylog", 2, 4);
-        g.extra = vec![
-            ("iterations".into(), "3".into()),
-            ("bytes_per_vcpu".into(), "0x40000".into()),
-            ("dirty_mode".into(), mode.into()),
-        ];
+        g.iterations = 3;
+        g.bytes_per_vcpu = 0x40000;
+        g.dirty_concurrent = mode == "concurrent";
         v.push(
             Case::bochs(format!("bochs-dirty-log-{mode}"), g, Success)
                 .cpus(2)
@@ -374,11 +343,9 @@ fn host_tests(root: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn cmd_test(mut a: Args) -> Result<i32> {
-    let root = root();
-    let host_only = a.flag("--host-only");
-    let filter = a.value("--filter")?;
-    a.finish()?;
+pub fn cmd_test(a: &TestArgs) -> Result<i32> {
+    let root = workspace::root()?;
+    let (host_only, filter) = (a.host_only, a.filter.as_deref());
     let start = Instant::now();
     setup::ensure_toolchain(&root)?;
     host_tests(&root)?;
@@ -391,7 +358,7 @@ pub fn cmd_test(mut a: Args) -> Result<i32> {
 
     let cases: Vec<Case> = cases()
         .into_iter()
-        .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))
+        .filter(|c| filter.is_none_or(|f| c.name.contains(f)))
         .collect();
     let mut needs = Vec::new();
     for c in &cases {
@@ -449,13 +416,16 @@ pub fn cmd_test(mut a: Args) -> Result<i32> {
                     cpus: g.machine_cores(),
                     cpu_model: c.cpu_model.map(str::to_string),
                     timeout: Duration::from_secs(c.timeout),
-                    mem_mib: c.guest.machine_mib(),
+                    mem_mib: g.machine_mib(),
                     dir: base.join(&c.name),
                     stream: false,
                 };
                 let problems = match emu::run(&spec) {
                     Ok(out) => {
-                        let p = judge(c, out.verdict, &out.log);
+                        let mut p = judge(c, out.verdict, &out.log);
+                        if matches!(out.verdict, Verdict::NoResult | Verdict::Timeout) {
+                            p.push(out.no_result_text(&spec.dir));
+                        }
                         eprintln!(
                             "test {} ... {} ({:.1} s){}",
                             c.name,
@@ -496,75 +466,108 @@ pub fn cmd_test(mut a: Args) -> Result<i32> {
 #[cfg(test)]
 mod unit {
     use super::*;
+    use hypervisor::limits::CacheMode;
+    use hypervisor::report::schema::{
+        DirtyLogSummary, EptSummary, GuestReport, Lookups, Phase, RunResult, VcpuSummary,
+    };
 
-    fn log_with(summary: &str) -> String {
-        format!("boot\nSUMMARY {summary}\nHV RESULT: SUCCESS\n")
+    fn log_with(s: &Summary) -> String {
+        format!(
+            "boot\nSUMMARY {}\nHV RESULT: SUCCESS\n",
+            serde_json::to_string(s).unwrap()
+        )
+    }
+
+    /// A vCPU that passed, with `faults` EPT violations, `mapped` pages
+    /// mapped and `spurious` faults already resolved.
+    fn vcpu(id: u32, faults: u64, mapped: u64, spurious: u64) -> VcpuSummary {
+        VcpuSummary {
+            id,
+            status: "ok".into(),
+            exits: [("EPT violation".to_string(), faults)].into(),
+            ept_mapped: mapped,
+            ept_spurious: spurious,
+            dirty_faults: 0,
+            lookups: Lookups::default(),
+            cycles: 1000,
+            report: Some(GuestReport {
+                status: 0,
+                value: 0,
+            }),
+        }
+    }
+
+    fn run(pages: u64, leaves: u64, vcpus: Vec<VcpuSummary>) -> Summary {
+        Summary {
+            guest: "memtouch".into(),
+            mem_mib: 16,
+            mem_pages: pages,
+            slots: 1,
+            cache: CacheMode::Vcpu,
+            vcpus: vcpus.len() as u32,
+            tsc_hz: 0,
+            result: RunResult::Success,
+            ept: EptSummary { leaves_4k: leaves },
+            vcpu: vcpus,
+            dirty_log: None,
+        }
     }
 
     #[test]
     fn memtouch_check_counts_pages() {
-        let good = r#"{"mem_pages":4,"ept":{"leaves_4k":4},"vcpu":[{"exits":{"EPT violation":4},"ept_mapped":4,"ept_spurious":0}]}"#;
-        assert_eq!(memtouch_check(&log_with(good)), Ok(()));
-        let extra_fault = good.replace("\"EPT violation\":4", "\"EPT violation\":5");
+        let good = run(4, 4, vec![vcpu(0, 4, 4, 0)]);
+        assert_eq!(memtouch_check(&log_with(&good)), Ok(()));
+        let extra_fault = run(4, 4, vec![vcpu(0, 5, 4, 0)]);
         assert!(memtouch_check(&log_with(&extra_fault)).is_err());
-        let missing = good.replace("\"ept_mapped\":4", "\"ept_mapped\":3");
+        let missing = run(4, 4, vec![vcpu(0, 4, 3, 0)]);
         assert!(memtouch_check(&log_with(&missing)).is_err());
         assert!(memtouch_check("no summary here").is_err());
+        let e = memtouch_check("SUMMARY {\"guest\":\"memtouch\"}").unwrap_err();
+        assert!(e.contains("missing field"), "{e}");
     }
 
     #[test]
     fn pagerace_needs_a_real_race() {
-        let v = |m: u64, s: u64| {
-            format!(
-                r#"{{"status":"ok","report":{{"status":0}},"ept_mapped":{m},"ept_spurious":{s}}}"#
-            )
-        };
-        let raced = format!(
-            r#"{{"ept":{{"leaves_4k":10}},"vcpu":[{},{}]}}"#,
-            v(6, 2),
-            v(4, 3)
-        );
+        let raced = run(10, 10, vec![vcpu(0, 8, 6, 2), vcpu(1, 7, 4, 3)]);
         assert_eq!(pagerace_check(&log_with(&raced)), Ok(()));
-        let no_race = format!(
-            r#"{{"ept":{{"leaves_4k":10}},"vcpu":[{},{}]}}"#,
-            v(6, 0),
-            v(4, 0)
-        );
+        let no_race = run(10, 10, vec![vcpu(0, 6, 6, 0), vcpu(1, 4, 4, 0)]);
         assert!(pagerace_check(&log_with(&no_race)).is_err());
-        let double = format!(
-            r#"{{"ept":{{"leaves_4k":9}},"vcpu":[{},{}]}}"#,
-            v(6, 2),
-            v(4, 3)
-        );
+        let double = run(10, 9, vec![vcpu(0, 8, 6, 2), vcpu(1, 7, 4, 3)]);
         assert!(pagerace_check(&log_with(&double)).is_err());
+        let mut failed = raced.clone();
+        failed.vcpu[1].report = Some(GuestReport {
+            status: 1,
+            value: 0,
+        });
+        assert!(pagerace_check(&log_with(&failed)).is_err());
     }
 
     #[test]
     fn dirty_checks_catch_mismatches() {
-        let vcpu = r#"{"status":"ok","report":{"status":0}}"#;
-        let phase = |n: u32, w: u64, d: u64| {
-            format!(
-                r#"{{"name":"Iteration {n} dirty memory","pages_written":{w},"pages_dirty":{d}}}"#
-            )
+        let phase = |n: u32, w: u64, d: u64| Phase {
+            name: format!("Iteration {n} dirty memory"),
+            cycles: 100,
+            exits: 0,
+            ept_violations: 0,
+            lookups: Lookups::default(),
+            pages_written: Some(w),
+            pages_dirty: Some(d),
         };
-        let mk = |d3: u64| {
-            format!(
-                r#"{{"vcpu":[{vcpu},{vcpu}],"dirty_log":{{"ok":true,"phases":[{},{},{}]}}}}"#,
-                phase(1, 128, 128),
-                phase(2, 128, 128),
-                phase(3, 128, d3)
-            )
+        let mk = |d3: u64, mismatches: Option<u64>| {
+            let mut s = run(640, 138, vec![vcpu(0, 1, 1, 0), vcpu(1, 1, 1, 0)]);
+            s.dirty_log = Some(DirtyLogSummary {
+                pages_per_vcpu: 64,
+                ok: mismatches.is_none_or(|m| m == 0),
+                mismatches,
+                rounds: mismatches.map(|_| 3),
+                phases: vec![phase(1, 128, 128), phase(2, 128, 128), phase(3, 128, d3)],
+            });
+            s
         };
-        assert_eq!(dirty_sync_check(&log_with(&mk(128))), Ok(()));
-        assert!(dirty_sync_check(&log_with(&mk(127))).is_err());
-        let conc = |m: u64| {
-            format!(
-                r#"{{"vcpu":[{vcpu},{vcpu}],"dirty_log":{{"ok":{},"mismatches":{m}}}}}"#,
-                m == 0
-            )
-        };
-        assert_eq!(dirty_concurrent_check(&log_with(&conc(0))), Ok(()));
-        assert!(dirty_concurrent_check(&log_with(&conc(2))).is_err());
+        assert_eq!(dirty_sync_check(&log_with(&mk(128, None))), Ok(()));
+        assert!(dirty_sync_check(&log_with(&mk(127, None))).is_err());
+        assert_eq!(dirty_concurrent_check(&log_with(&mk(128, Some(0)))), Ok(()));
+        assert!(dirty_concurrent_check(&log_with(&mk(128, Some(2)))).is_err());
     }
 
     #[test]
@@ -572,5 +575,17 @@ mod unit {
         let c = &cases()[0];
         let bad = judge(c, Verdict::Failure, "nothing");
         assert!(bad.len() >= 2, "{bad:?}");
+    }
+
+    #[test]
+    fn every_case_passes_the_up_front_checks() {
+        let names = artifacts::guest_names(&workspace::root().unwrap()).unwrap();
+        for c in cases() {
+            assert!(names.contains(&c.guest.guest), "{}", c.name);
+            let mut g = c.guest.clone();
+            g.cpus = c.cpus;
+            g.check(Some(c.backend))
+                .unwrap_or_else(|e| panic!("{}: {e:#}", c.name));
+        }
     }
 }
