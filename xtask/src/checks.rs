@@ -13,7 +13,7 @@
 //!   tests use).
 
 use crate::emu::Backend;
-use hypervisor::guest_layout::MAPPED_GIB;
+use hypervisor::boot::native::MAPPED_GIB;
 use hypervisor::limits::{MAX_CPUS, MAX_SLOTS, MAX_VCPUS, PAGE_SIZE};
 
 /// The most machine memory Bochs 2.7 gives (`megs`/`host_size`), MiB.
@@ -25,7 +25,7 @@ pub const BOCHS_MAX_CORES: u32 = 15;
 /// bitmaps (MiB).
 pub const HV_RESERVE_MIB: u64 = 128;
 /// Guest RAM the hypervisor can give a guest: its page tables identity-map
-/// the first `MAPPED_GIB` GiB (hypervisor::guest_layout).
+/// the first `MAPPED_GIB` GiB (hypervisor::boot::native).
 pub const MAX_GUEST_MIB: u64 = MAPPED_GIB * 1024;
 
 /// Emulated machine memory for `guest_mib` of guest RAM, in MiB (a multiple
@@ -53,7 +53,7 @@ fn memory_reason(backend: Option<Backend>) -> String {
         ),
         _ => format!(
             "the hypervisor's guest page tables map the first {MAPPED_GIB} GiB \
-             (hypervisor::guest_layout::MAPPED_GIB)"
+             (hypervisor::boot::native::MAPPED_GIB)"
         ),
     }
 }
