@@ -230,10 +230,9 @@ mod tests {
         .map(|s| serde_json::to_string(s).unwrap())
         .collect();
         let text = json_array(&lines);
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let a = v.as_array().unwrap();
+        let a: Vec<Summary> = serde_json::from_str(&text).unwrap();
         assert_eq!(a.len(), 2);
-        assert_eq!(a[1]["cache"], "vm");
+        assert_eq!(a[1].cache, CacheMode::Vm);
         assert!(text.contains(&lines[0]), "kept as printed");
         assert_eq!(json_array(&[]), "[]\n");
     }
