@@ -120,8 +120,9 @@ impl VcpuReport {
     }
 }
 
-/// The longest console line a vCPU buffers before it is printed anyway.
-const LINE_MAX: usize = 160;
+/// The longest console line a vCPU buffers before it is printed anyway:
+/// the same as the UART's.
+use crate::devices::serial::LINE_MAX;
 
 pub struct Vcpu<'a, H: Hw, M: HostMemory> {
     pub id: u32,
