@@ -49,7 +49,17 @@ impl Hw for CoreHw {
     fn host_eoi(&mut self) {
         arch::smp::eoi();
     }
+    fn flush_guest_linear(&mut self, vpid: u16, single_context: bool) {
+        vmcs::invvpid(vpid, single_context);
+    }
+    fn set_xcr0(&mut self, value: u64) {
+        arch::set_xcr0(value);
+    }
 }
+
+/// The host TSC when the first vCPU started: every vCPU's TSC counts from 0
+/// there, together (one offset for all, until a guest writes IA32_TSC).
+static TSC_ZERO: spin::Once<u64> = spin::Once::new();
 
 type KernelVcpu<'a> = Vcpu<'a, CoreHw, KernelMemory>;
 
@@ -108,9 +118,15 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
         msr_bitmap: vm.msr_bitmap,
         io_bitmap_a: vm.io_bitmaps.0,
         io_bitmap_b: vm.io_bitmaps.1,
-        vpid: (v.id + 1) as u16,
+        vpid: v.vpid(),
         cpu,
+        tsc_offset: 0u64.wrapping_sub(*TSC_ZERO.call_once(arch::rdtsc)),
     };
+    // XSETBV is emulated with the host's own XSETBV, which needs
+    // CR4.OSXSAVE here; the guest starts with XCR0 = x87 (its reset value).
+    if vm.cpuid.xcr0_supported() != 0 {
+        arch::enable_xsave();
+    }
     vmcs::write_controls_and_host(&mut v.vmcs, caps, &cfg)?;
     let state = vm.initial_state(v.id);
     vmcs::write_guest_state(&mut v.vmcs, caps, &vm.controls, &state)?;

@@ -62,6 +62,33 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
+/// Turns CR4.OSXSAVE on in this core (the caller checked CPUID.1:ECX.XSAVE)
+/// and sets XCR0 to its reset value, x87 only. The hypervisor itself uses no
+/// extended state (its target has no SSE); this is for the guest's XSETBV.
+pub fn enable_xsave() {
+    use x86_64::registers::control::{Cr4, Cr4Flags};
+    // SAFETY: setting OSXSAVE on a CPU with XSAVE only enables the XSAVE
+    // instructions; it changes nothing the kernel relies on.
+    unsafe { Cr4::update(|f| f.insert(Cr4Flags::OSXSAVE)) };
+    set_xcr0(1);
+}
+
+/// XSETBV to XCR0. The value passed `x86::control::check_xcr0` against
+/// what CPUID offers, and CR4.OSXSAVE is on (`enable_xsave`).
+pub fn set_xcr0(value: u64) {
+    // SAFETY: a valid XCR0 for this CPU (checked by the caller) cannot
+    // fault; the host never uses the state it enables.
+    unsafe {
+        core::arch::asm!(
+            "xsetbv",
+            in("ecx") 0u32,
+            in("eax") value as u32,
+            in("edx") (value >> 32) as u32,
+            options(nostack)
+        );
+    }
+}
+
 /// CPUID(`leaf`, `subleaf`) of this core as [EAX, EBX, ECX, EDX]: the one
 /// place the hypervisor executes CPUID (through `raw-cpuid`).
 pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {

@@ -1,61 +1,77 @@
-//! Control-register accesses (exit reason 28). The guest owns CR0 and CR4
-//! except the bits VMX fixes; a write that would change one of those exits
-//! here (SDM 26.1.3; read shadows, 25.6.6). We keep the guest's value in the
-//! read shadow and the fixed bits in the real register, and switch EFER.LMA
-//! and the "IA-32e mode guest" entry control when paging is turned on or off
-//! with EFER.LME set (SDM 10.8.5 "Initializing IA-32e Mode").
+//! Control-register accesses (exit reason 28): MOV to/from CR0, CR3, CR4,
+//! CR8, CLTS and LMSW, each as the SDM defines it (the rules are in
+//! `x86::control`; `vcpu::mode` applies them to the VMCS).
+//!
+//! The host owns every CR0 bit but TS and every CR4 bit (guest/host masks,
+//! SDM 25.6.6), so each write that matters exits here. CR8 is the task
+//! priority of the vCPU's own local APIC: CR8-load and CR8-store exiting are
+//! on, so it never reaches the host core's APIC.
 
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Stop};
 use crate::vcpu::{Hw, Vcpu};
-use crate::vmx::controls::{SecondaryProcBased, VmEntryControls};
 use crate::vmx::exit::{CrAccess, CrAccessType};
-use crate::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
-use crate::x86::{
-    CR0_CD, CR0_DEFINED, CR0_NW, CR0_PE, CR0_PG, CR0_TS, CR4_PAE, CR4_VMXE, EFER_LMA, EFER_LME,
-};
+use crate::vmx::fields::VmcsNatural;
+use crate::x86::control::{self, Accepted, Gp};
+use crate::x86::{CR0_PE, CR0_TS};
 use alloc::format;
-
-fn unrestricted<H: Hw, M: HostMemory>(v: &Vcpu<H, M>) -> bool {
-    v.vm.controls
-        .secondary()
-        .contains(SecondaryProcBased::UNRESTRICTED_GUEST)
-}
 
 pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
     let q = CrAccess::from_qualification(v.vmcs.read_nat(VmcsNatural::ExitQualification)?);
     let gpr = q.gpr.index() as u8;
+    let m = v.mode_regs()?;
     match (q.access, q.cr) {
         (CrAccessType::MovToCr, 0) => {
-            let value = v.gpr(gpr)?;
-            set_cr0(v, value)
+            let value = m.operand(v.gpr(gpr)?);
+            apply(v, control::mov_to_cr0(&m, value))
         }
         (CrAccessType::MovToCr, 4) => {
-            let value = v.gpr(gpr)?;
-            set_cr4(v, value)
+            let value = m.operand(v.gpr(gpr)?);
+            let allowed = cr4_allowed(v);
+            apply(v, control::mov_to_cr4(&m, value, allowed))
         }
         (CrAccessType::MovToCr, 3) => {
-            let value = v.gpr(gpr)?;
-            v.vmcs.write_nat(VmcsNatural::GuestCr3, value)?;
-            done(v)
+            let value = m.operand(v.gpr(gpr)?);
+            mov_to_cr3(v, value)
         }
         (CrAccessType::MovFromCr, 3) => {
             let value = v.vmcs.read_nat(VmcsNatural::GuestCr3)?;
+            v.set_gpr(gpr, m.operand(value))?;
+            done(v)
+        }
+        (CrAccessType::MovToCr, 8) => {
+            // Bits 63:4 are reserved (SDM 10.8.6.1).
+            let value = v.gpr(gpr)?;
+            if value > 0xf {
+                return v.inject_gp();
+            }
+            v.cr8 = value as u8;
+            done(v)
+        }
+        (CrAccessType::MovFromCr, 8) => {
+            let value = u64::from(v.cr8);
             v.set_gpr(gpr, value)?;
             done(v)
         }
-        (CrAccessType::Clts, _) => {
-            let shadow = v.vmcs.read_nat(VmcsNatural::Cr0ReadShadow)?;
-            set_cr0(v, shadow & !CR0_TS)
-        }
+        (CrAccessType::Clts, _) => apply(v, control::mov_to_cr0(&m, m.cr0 & !CR0_TS)),
         (CrAccessType::Lmsw, _) => {
             // LMSW loads PE, MP, EM, TS; it can set PE but never clear it.
-            let shadow = v.vmcs.read_nat(VmcsNatural::Cr0ReadShadow)?;
             let src = u64::from(q.lmsw_source) & 0xf;
-            set_cr0(v, (shadow & !0xe) | src | (shadow & CR0_PE))
+            let value = (m.cr0 & !0xe) | src | (m.cr0 & CR0_PE);
+            apply(v, control::mov_to_cr0(&m, value))
         }
         _ => Err(v.contain("unhandled control-register access", format!("{q}"))),
     }
+}
+
+/// The CR4 bits this vCPU's CPUID offers, within what the CPU allows.
+fn cr4_allowed<H: Hw, M: HostMemory>(v: &Vcpu<H, M>) -> u64 {
+    let (_, may_be_one) = v.vm.caps.cr4_fixed();
+    control::cr4_allowed(
+        v.vm.cpuid.answer(v.id, 1, 0),
+        v.vm.cpuid.answer(v.id, 7, 0),
+        may_be_one,
+    )
 }
 
 fn done<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
@@ -63,53 +79,45 @@ fn done<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
     Ok(Action::Resume)
 }
 
-fn set_cr0<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>, value: u64) -> Result<Action, Stop> {
-    // SDM: #GP for reserved bits, PG without PE, NW without CD.
-    if value & !CR0_DEFINED != 0
-        || (value & CR0_PG != 0 && value & CR0_PE == 0)
-        || (value & CR0_NW != 0 && value & CR0_CD == 0)
-    {
+fn apply<H: Hw, M: HostMemory>(
+    v: &mut Vcpu<H, M>,
+    decision: Result<Accepted, Gp>,
+) -> Result<Action, Stop> {
+    let Ok(accepted) = decision else {
         return v.inject_gp();
+    };
+    match v.apply_mode(accepted)? {
+        Ok(()) => done(v),
+        Err(Gp(_)) => v.inject_gp(),
     }
-    let old = v.vmcs.read_nat(VmcsNatural::Cr0ReadShadow)?;
-    let mut efer = v.vmcs.read64(Vmcs64::GuestIa32Efer)?;
-    let mut entry = v.vmcs.read32(Vmcs32::VmEntryControls)?;
-    if (old ^ value) & CR0_PG != 0 && efer & EFER_LME != 0 {
-        if value & CR0_PG != 0 {
-            // Entering IA-32e mode needs CR4.PAE.
-            if v.vmcs.read_nat(VmcsNatural::Cr4ReadShadow)? & CR4_PAE == 0 {
-                return v.inject_gp();
-            }
-            efer |= EFER_LMA;
-            entry |= VmEntryControls::IA32E_MODE_GUEST.bits();
-        } else {
-            efer &= !EFER_LMA;
-            entry &= !VmEntryControls::IA32E_MODE_GUEST.bits();
-        }
-        v.vmcs.write64(Vmcs64::GuestIa32Efer, efer)?;
-        v.vmcs.write32(Vmcs32::VmEntryControls, entry)?;
-    }
-    let caps = &v.vm.caps;
-    let real = caps.apply_guest_cr0(value, unrestricted(v));
-    v.vmcs.write_nat(VmcsNatural::Cr0ReadShadow, value)?;
-    v.vmcs.write_nat(VmcsNatural::GuestCr0, real)?;
-    done(v)
 }
 
-fn set_cr4<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>, value: u64) -> Result<Action, Stop> {
-    let (_, may_be_one) = v.vm.caps.cr4_fixed();
-    // VMX is not offered to the guest: CR4.VMXE is reserved for it. Bits the
-    // CPU cannot set are reserved too.
-    if value & CR4_VMXE != 0 || value & !may_be_one != 0 {
+/// MOV to CR3, where CR3-load exiting is on (not every CPU can turn it off).
+/// Bits above MAXPHYADDR #GP in IA-32e mode; PAE paging reloads its PDPTEs.
+fn mov_to_cr3<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>, value: u64) -> Result<Action, Stop> {
+    let m = v.mode_regs()?;
+    let lma = m.efer & crate::x86::EFER_LMA != 0;
+    // With CR4.PCIDE, bit 63 asks not to flush; it is not part of CR3.
+    let value = if lma && m.cr4 & control::CR4_PCIDE != 0 {
+        value & !(1 << 63)
+    } else {
+        value
+    };
+    if lma && value >> v.maxphyaddr() != 0 {
         return v.inject_gp();
     }
-    let efer = v.vmcs.read64(Vmcs64::GuestIa32Efer)?;
-    // Clearing PAE in IA-32e mode is a #GP.
-    if efer & EFER_LMA != 0 && value & CR4_PAE == 0 {
-        return v.inject_gp();
+    let regs = control::ModeRegs { cr3: value, ..m };
+    let accepted = Accepted {
+        regs,
+        load_pdptes: regs.pae_paging(),
+        flush_tlb: true,
+        lma_changed: false,
+    };
+    match v.apply_mode(accepted)? {
+        Ok(()) => {
+            v.vmcs.write_nat(VmcsNatural::GuestCr3, value)?;
+            done(v)
+        }
+        Err(Gp(_)) => v.inject_gp(),
     }
-    v.vmcs.write_nat(VmcsNatural::Cr4ReadShadow, value)?;
-    v.vmcs
-        .write_nat(VmcsNatural::GuestCr4, v.vm.caps.apply_cr4(value))?;
-    done(v)
 }

@@ -3,9 +3,13 @@
 //! A handler returns `Ok(Action::Resume)` to re-enter the guest, or a
 //! [`Stop`] that ends this vCPU with one clear report. Guest behaviour never
 //! panics the hypervisor: whatever a guest does ends in `Resume` or `Stop`.
+//! MOV DR, INVLPG, INVPCID and WBINVD do not exit (their exiting controls
+//! are off): the guest's debug registers and TLB are its own, and the host
+//! never uses debug registers.
 //! Handlers are generic over the vCPU's [`Hw`] so that host tests run each
 //! one against a mock VMCS (`tests`).
 
+mod cache;
 mod cpuid;
 mod cr;
 mod ept;
@@ -13,9 +17,12 @@ mod hlt;
 mod interrupt;
 mod io;
 mod msr;
+mod mwait;
+mod rdpmc;
 mod triple_fault;
 mod vmcall;
 mod vmx_insn;
+mod xsetbv;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +37,9 @@ pub fn dispatch<H: Hw, M: HostMemory>(
     v: &mut Vcpu<H, M>,
     reason: ExitReason,
 ) -> Result<Action, Stop> {
+    // An event whose delivery this exit cut short is delivered again on the
+    // next entry (SDM 28.2.4), whatever the handler does.
+    v.requeue_vectoring_event()?;
     match reason {
         ExitReason::EptViolation => ept::violation(v),
         ExitReason::EptMisconfig => ept::misconfiguration(v),
@@ -42,6 +52,11 @@ pub fn dispatch<H: Hw, M: HostMemory>(
         ExitReason::CrAccess => cr::handle(v),
         ExitReason::TripleFault => triple_fault::handle(v),
         ExitReason::ExternalInterrupt => interrupt::external(v),
+        ExitReason::Xsetbv => xsetbv::handle(v),
+        ExitReason::Invd => cache::invd(v),
+        ExitReason::Monitor => mwait::monitor(v),
+        ExitReason::Mwait => mwait::mwait(v),
+        ExitReason::Rdpmc => rdpmc::handle(v),
         ExitReason::Vmclear
         | ExitReason::Vmlaunch
         | ExitReason::Vmptrld

@@ -35,6 +35,8 @@ struct MockHw {
     msrs: BTreeMap<u32, u64>,
     flushes: u32,
     eois: u32,
+    linear_flushes: u32,
+    xcr0: Option<u64>,
 }
 
 impl VmcsAccess for MockHw {
@@ -62,6 +64,12 @@ impl Hw for MockHw {
     }
     fn host_eoi(&mut self) {
         self.eois += 1;
+    }
+    fn flush_guest_linear(&mut self, _: u16, _: bool) {
+        self.linear_flushes += 1;
+    }
+    fn set_xcr0(&mut self, value: u64) {
+        self.xcr0 = Some(value);
     }
 }
 
@@ -107,16 +115,25 @@ fn vm() -> (&'static TestVm, &'static Lines) {
     (Box::leak(Box::new(vm)), out)
 }
 
-/// A host CPU with VMX and a few features, 0xb basic leaves.
-fn host_cpu(leaf: u32, _: u32) -> [u32; 4] {
-    match leaf {
-        0 => [0xb, 0, 0, 0],
-        1 => [0x906ea, 0x0010_0800, 0xfffa_3223 | (1 << 5), 0x1f8b_fbff],
+/// A host CPU with VMX, XSAVE with AVX, 0xd basic leaves, and long mode,
+/// NX and SYSCALL with 39 physical address bits.
+fn host_cpu(leaf: u32, sub: u32) -> [u32; 4] {
+    match (leaf, sub) {
+        (0, _) => [0xd, 0, 0, 0],
+        (1, _) => [0x906ea, 0x0010_0800, 0xfffa_3223 | (1 << 5), 0x1f8b_fbff],
+        (0xd, 0) => [0x7, 0x240, 0x340, 0],
+        (0xd, 1) => [0xf, 0x340, 0, 0],
+        (0xd, 2) => [0x100, 0x240, 0, 0],
+        (0x8000_0000, _) => [0x8000_0008, 0, 0, 0],
+        (0x8000_0001, _) => [0, 0, 0, (1 << 11) | (1 << 20) | (1 << 29)],
+        (0x8000_0008, _) => [0x3027, 0, 0, 0],
         _ => [0; 4],
     }
 }
 
 const RIP: u64 = 0x10_0000;
+/// A 32-bit code segment's access rights (D = 1, L = 0).
+const CS32_AR: u32 = 0xc09b;
 const LEN: u32 = 3;
 
 /// vCPU `id` of `vm`, stopped at an exit of `reason` with qualification `q`.
@@ -128,6 +145,11 @@ fn vcpu(vm: &TestVm, id: u32, q: u64) -> Vcpu<'_, MockHw, &'static TestMem> {
     h.write_nat(VmcsNatural::ExitQualification, q).unwrap();
     // 64-bit mode, as a native guest runs.
     let s = vm.initial_state(id);
+    h.write_nat(VmcsNatural::Cr0GuestHostMask, crate::vcpu::CR0_HOST_OWNED)
+        .unwrap();
+    h.write_nat(VmcsNatural::Cr4GuestHostMask, crate::vcpu::CR4_HOST_OWNED)
+        .unwrap();
+    h.write32(Vmcs32::GuestCsAccessRights, s.cs.access).unwrap();
     h.write_nat(VmcsNatural::Cr0ReadShadow, s.cr0).unwrap();
     h.write_nat(VmcsNatural::GuestCr0, s.cr0).unwrap();
     h.write_nat(VmcsNatural::Cr4ReadShadow, s.cr4).unwrap();
@@ -211,9 +233,12 @@ fn cr0_writes_the_sdm_refuses_raise_gp() {
 fn paging_on_with_lme_enters_ia32e_mode_and_off_leaves_it() {
     let (vm, _) = vm();
     let mut v = vcpu(vm, 0, mov_to_cr(0, 0));
-    // Start in protected mode with LME set, paging off.
+    // Start in protected mode with LME set, paging off, 32-bit code.
     v.vmcs
         .write_nat(VmcsNatural::Cr0ReadShadow, CR0_PE | CR0_ET | CR0_NE)
+        .unwrap();
+    v.vmcs
+        .write32(Vmcs32::GuestCsAccessRights, CS32_AR)
         .unwrap();
     v.vmcs.write64(Vmcs64::GuestIa32Efer, EFER_LME).unwrap();
     v.vmcs
@@ -260,10 +285,12 @@ fn cr4_vmxe_and_clearing_pae_in_long_mode_raise_gp() {
 fn clts_clears_ts() {
     let (vm, _) = vm();
     let mut v = vcpu(vm, 0, 2 << 4);
-    let cr0 = v.vmcs.read_nat(VmcsNatural::Cr0ReadShadow).unwrap();
+    // TS is the guest's own bit: it lives in the real CR0.
+    let cr0 = v.vmcs.read_nat(VmcsNatural::GuestCr0).unwrap();
     v.vmcs
-        .write_nat(VmcsNatural::Cr0ReadShadow, cr0 | CR0_TS)
+        .write_nat(VmcsNatural::GuestCr0, cr0 | CR0_TS)
         .unwrap();
+    assert_ne!(v.guest_cr0().unwrap() & CR0_TS, 0);
     resumes(dispatch(&mut v, ExitReason::CrAccess));
     completed(&v);
     assert_eq!(
@@ -523,9 +550,16 @@ fn external_interrupt_ends_at_the_host_apic() {
 }
 
 #[test]
-fn triple_fault_and_unknown_exits_are_contained() {
+fn triple_fault_resets_and_unknown_exits_are_contained() {
     let (vm, _) = vm();
-    for reason in [ExitReason::TripleFault, ExitReason::Invd] {
+    let mut v = vcpu(vm, 0, 0);
+    assert_eq!(
+        dispatch(&mut v, ExitReason::TripleFault),
+        Err(Stop::Reset {
+            why: "triple fault"
+        })
+    );
+    for reason in [ExitReason::TaskSwitch, ExitReason::Getsec] {
         let mut v = vcpu(vm, 0, 0);
         assert!(matches!(
             dispatch(&mut v, reason),
@@ -605,3 +639,6 @@ fn ept_violations_map_contain_and_log() {
     vm.dirty[0].get_and_clear(&mut words, |_| {}).unwrap();
     assert_eq!(words[0], 1 << 9, "page 9 logged, nothing else");
 }
+
+/// The CPU as the SDM defines it: modes, MSRs, events, XSETBV, CR8, TSC.
+mod cpu;

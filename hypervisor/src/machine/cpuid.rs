@@ -43,8 +43,9 @@ const L1C_F16C: u32 = bit(29);
 const L1C_HYPERVISOR: u32 = bit(31);
 /// Leaf 1 ECX bits withheld: monitoring, VMX/SMX, power and thermal
 /// control, perfmon capabilities, the x2APIC and the TSC-deadline timer (no
-/// MSRs behind them yet), and XSAVE with everything that needs XCR0 (XSETBV
-/// is not emulated yet), MONITOR/MWAIT (not intercepted yet).
+/// MSRs behind them yet), MONITOR/MWAIT (they exit and act as NOPs, as
+/// KVM's do, but are not offered). OSXSAVE is not the host's: it follows the
+/// guest's CR4 ([`Live`]).
 const L1C_HIDDEN: u32 = L1C_MONITOR
     | L1C_DS_CPL
     | L1C_VMX
@@ -55,11 +56,33 @@ const L1C_HIDDEN: u32 = L1C_MONITOR
     | L1C_PDCM
     | L1C_X2APIC
     | L1C_TSC_DEADLINE
-    | L1C_XSAVE
-    | L1C_OSXSAVE
-    | L1C_AVX
-    | L1C_FMA
-    | L1C_F16C;
+    | L1C_OSXSAVE;
+/// Leaf 1 ECX bits that use the AVX state (XCR0 bit 2).
+const L1C_AVX_STATE: u32 = L1C_AVX | L1C_FMA | L1C_F16C;
+
+/// XCR0 components offered: x87, SSE and AVX (XSETBV is emulated and
+/// checked against these; AVX-512, MPX, PKRU and AMX are not offered).
+pub const XCR0_OFFERED: u64 = 0x7;
+const XCR0_AVX: u64 = 0x4;
+/// Leaf 0xD subleaf 1 EAX bits kept: XSAVEOPT, XSAVEC, XGETBV with ECX = 1.
+/// XSAVES is withheld: it needs IA32_XSS, which is not emulated.
+const LD1A_KEPT: u32 = 0x7;
+
+/// Guest state some answers depend on (SDM Vol. 2A CPUID: OSXSAVE reflects
+/// CR4.OSXSAVE; leaf 0xD EBX is the XSAVE area size for the current XCR0).
+#[derive(Debug, Clone, Copy)]
+pub struct Live {
+    pub cr4_osxsave: bool,
+    pub xcr0: u64,
+}
+
+impl Live {
+    /// A vCPU after reset: CR4.OSXSAVE = 0, XCR0 = 1 (x87 only).
+    pub const RESET: Live = Live {
+        cr4_osxsave: false,
+        xcr0: 1,
+    };
+}
 
 // Leaf 1 EDX.
 const L1D_MCE: u32 = bit(7);
@@ -77,13 +100,12 @@ const L1D_HIDDEN: u32 =
     L1D_MCE | L1D_APIC | L1D_MTRR | L1D_MCA | L1D_DS | L1D_ACPI | L1D_TM | L1D_PBE | L1D_HTT;
 
 // Leaf 7 subleaf 0.
-/// EBX: TSC_ADJUST, SGX, AVX2 (needs XSAVE), INVPCID (not enabled for the
+/// EBX: TSC_ADJUST, SGX, INVPCID (not enabled for the
 /// guest on every CPU), RTM/HLE kept out for determinism, PQM/PQE, MPX,
 /// AVX-512 (needs XSAVE), Intel PT.
 const L7B_HIDDEN: u32 = bit(1)
     | bit(2)
     | bit(4)
-    | bit(5)
     | bit(10)
     | bit(11)
     | bit(12)
@@ -102,10 +124,24 @@ const L7B_HIDDEN: u32 = bit(1)
 /// not handled), AVX512 extensions, SGX launch control.
 const L7C_HIDDEN: u32 =
     bit(1) | bit(3) | bit(4) | bit(5) | bit(6) | bit(11) | bit(12) | bit(14) | bit(30);
-/// EDX: AVX512 extensions, IA32_ARCH_CAPABILITIES and IA32_CORE_CAPABILITIES
-/// (MSRs not emulated), hybrid, AMX (needs XSAVE).
-const L7D_HIDDEN: u32 =
-    bit(2) | bit(3) | bit(8) | bit(15) | bit(22) | bit(24) | bit(25) | bit(29) | bit(30);
+/// EDX: AVX512 extensions, hybrid, AMX (needs XSAVE state not offered), and
+/// the MSRs not emulated: IA32_SPEC_CTRL/IA32_PRED_CMD (IBRS/IBPB, STIBP,
+/// SSBD), IA32_FLUSH_CMD, IA32_ARCH_CAPABILITIES, IA32_CORE_CAPABILITIES.
+const L7D_HIDDEN: u32 = bit(2)
+    | bit(3)
+    | bit(8)
+    | bit(15)
+    | bit(22)
+    | bit(24)
+    | bit(25)
+    | bit(26)
+    | bit(27)
+    | bit(28)
+    | bit(29)
+    | bit(30)
+    | bit(31);
+/// Leaf 7 EBX AVX2: uses the AVX state.
+const L7B_AVX2: u32 = bit(5);
 
 // Leaf 0x8000_0001 EDX.
 const E1D_RDTSCP: u32 = bit(27);
@@ -129,6 +165,12 @@ pub struct CpuidPolicy {
     max_basic: u32,
     max_ext: u32,
     vcpus: u32,
+    /// XCR0 bits offered (0: no XSAVE).
+    xcr0: u64,
+    /// Leaf 0xD subleaves 2.. of the host: (size, offset) of each component.
+    xsave_layout: [(u32, u32); 8],
+    /// The host's leaf 0xD subleaf 1 EAX (XSAVE instruction variants).
+    stored_host_d1: u32,
 }
 
 /// Leaves that have subleaves (answered per ECX).
@@ -148,16 +190,36 @@ impl CpuidPolicy {
     /// Builds the policy from `host(leaf, subleaf)` for a VM of `vcpus`.
     pub fn new(host: impl Fn(u32, u32) -> Regs, vcpus: u32, provided: Provided) -> Self {
         let max_basic = host(0, 0)[0].min(0x1f);
+        // XSAVE: the hypervisor turns CR4.OSXSAVE on in every host core that
+        // has it, so that XSETBV can be emulated.
+        let xcr0 = if host(1, 0)[2] & L1C_XSAVE != 0 && max_basic >= 0xd {
+            u64::from(host(0xd, 0)[0]) & XCR0_OFFERED
+        } else {
+            0
+        };
+        // x87 and SSE are the minimum XSAVE can mean.
+        let xcr0 = if xcr0 & 3 == 3 { xcr0 } else { 0 };
+        let mut xsave_layout = [(0, 0); 8];
+        for (i, l) in xsave_layout.iter_mut().enumerate().skip(2) {
+            if xcr0 & (1 << i) != 0 {
+                let [size, offset, _, _] = host(0xd, i as u32);
+                *l = (size, offset);
+            }
+        }
         let max_ext = host(0x8000_0000, 0)[0].clamp(0x8000_0000, 0x8000_0008);
         let mut entries = Vec::new();
         for leaf in (0..=max_basic).chain(0x8000_0000..=max_ext) {
             if has_subleaves(leaf) {
                 for sub in 0..64 {
-                    let r = Self::filter(leaf, sub, host(leaf, sub), provided);
+                    let r = Self::filter(leaf, sub, host(leaf, sub), provided, xcr0);
                     entries.push((leaf, Some(sub), r));
                 }
             } else {
-                entries.push((leaf, None, Self::filter(leaf, 0, host(leaf, 0), provided)));
+                entries.push((
+                    leaf,
+                    None,
+                    Self::filter(leaf, 0, host(leaf, 0), provided, xcr0),
+                ));
             }
         }
         CpuidPolicy {
@@ -165,21 +227,42 @@ impl CpuidPolicy {
             max_basic,
             max_ext,
             vcpus: vcpus.max(1),
+            xcr0,
+            xsave_layout,
+            stored_host_d1: if xcr0 != 0 { host(0xd, 1)[0] } else { 0 },
         }
     }
 
     /// The host's answer with everything not provided taken out.
-    fn filter(leaf: u32, sub: u32, r: Regs, p: Provided) -> Regs {
+    fn filter(leaf: u32, sub: u32, r: Regs, p: Provided, xcr0: u64) -> Regs {
         let [a, b, c, d] = r;
+        let avx = xcr0 & XCR0_AVX != 0;
         match leaf {
             0 => [a.min(0x1f), b, c, d],
-            1 => [a, b, (c & !L1C_HIDDEN) | L1C_HYPERVISOR, d & !L1D_HIDDEN],
+            1 => {
+                let mut c = (c & !L1C_HIDDEN) | L1C_HYPERVISOR;
+                if xcr0 == 0 {
+                    c &= !L1C_XSAVE;
+                }
+                if !avx {
+                    c &= !L1C_AVX_STATE;
+                }
+                [a, b, c, d & !L1D_HIDDEN]
+            }
+            // XSAVE: answered in `answer` from the offered components.
+            0xd => [0; 4],
             // Cache parameters: kept (topology fields patched per vCPU).
             4 => r,
-            // MONITOR/MWAIT, thermal/power, perfmon, XSAVE state,
-            // resource monitoring, SGX, PT: not provided.
-            5 | 6 | 0xa | 0xd | 0xf | 0x10 | 0x12 | 0x14 => [0; 4],
-            7 if sub == 0 => [a, b & !L7B_HIDDEN, c & !L7C_HIDDEN, d & !L7D_HIDDEN],
+            // MONITOR/MWAIT, thermal/power, perfmon, resource monitoring,
+            // SGX, PT: not provided.
+            5 | 6 | 0xa | 0xf | 0x10 | 0x12 | 0x14 => [0; 4],
+            7 if sub == 0 => {
+                let mut b = b & !L7B_HIDDEN;
+                if !avx {
+                    b &= !L7B_AVX2;
+                }
+                [a, b, c & !L7C_HIDDEN, d & !L7D_HIDDEN]
+            }
             7 => [0; 4],
             0x8000_0000 => [a.clamp(0x8000_0000, 0x8000_0008), b, c, d],
             0x8000_0001 => {
@@ -205,8 +288,31 @@ impl CpuidPolicy {
             .map_or([0; 4], |e| e.2)
     }
 
-    /// CPUID(`leaf`, `sub`) as vCPU `vcpu` sees it.
+    /// CPUID(`leaf`, `sub`) as vCPU `vcpu` sees it after reset (for the
+    /// answers that do not depend on its CR4 and XCR0).
     pub fn answer(&self, vcpu: u32, leaf: u32, sub: u32) -> Regs {
+        self.answer_live(vcpu, leaf, sub, Live::RESET)
+    }
+
+    /// The XCR0 bits a guest may set (CPUID leaf 0xD subleaf 0 EDX:EAX).
+    pub fn xcr0_supported(&self) -> u64 {
+        self.xcr0
+    }
+
+    /// Bytes of an XSAVE area holding the components of `xcr0` (the legacy
+    /// area and header, 576 bytes, then each component at its offset).
+    fn xsave_size(&self, xcr0: u64) -> u32 {
+        (2..8)
+            .filter(|&i| xcr0 & self.xcr0 & (1 << i) != 0)
+            .map(|i| {
+                let (size, offset) = self.xsave_layout[i];
+                size + offset
+            })
+            .fold(576, u32::max)
+    }
+
+    /// CPUID(`leaf`, `sub`) as vCPU `vcpu` sees it, with its CR4 and XCR0.
+    pub fn answer_live(&self, vcpu: u32, leaf: u32, sub: u32, live: Live) -> Regs {
         let apic_id = vcpu;
         let core_bits = bits_for(self.vcpus);
         match leaf {
@@ -224,10 +330,35 @@ impl CpuidPolicy {
             0x4000_0001..=0x4fff_ffff => [0; 4],
             // Above the highest leaf: Intel CPUs answer with the highest
             // basic leaf's data (SDM Vol. 2A, CPUID, "INPUT EAX = 0").
-            l if l > self.max_basic && l < 0x8000_0000 => self.answer(vcpu, self.max_basic, sub),
-            l if l > self.max_ext => self.answer(vcpu, self.max_basic, sub),
+            l if l > self.max_basic && l < 0x8000_0000 => {
+                self.answer_live(vcpu, self.max_basic, sub, live)
+            }
+            l if l > self.max_ext => self.answer_live(vcpu, self.max_basic, sub, live),
+            0xd => match sub {
+                _ if self.xcr0 == 0 => [0; 4],
+                0 => [
+                    self.xcr0 as u32,
+                    self.xsave_size(live.xcr0),
+                    self.xsave_size(self.xcr0),
+                    (self.xcr0 >> 32) as u32,
+                ],
+                1 => [
+                    self.stored_host_d1 & LD1A_KEPT,
+                    self.xsave_size(live.xcr0),
+                    0,
+                    0,
+                ],
+                i @ 2..=7 if self.xcr0 & (1 << i) != 0 => {
+                    let (size, offset) = self.xsave_layout[i as usize];
+                    [size, offset, 0, 0]
+                }
+                _ => [0; 4],
+            },
             1 => {
-                let [a, b, c, mut d] = self.stored(1, 0);
+                let [a, b, mut c, mut d] = self.stored(1, 0);
+                if live.cr4_osxsave && self.xcr0 != 0 {
+                    c |= L1C_OSXSAVE;
+                }
                 // EBX: APIC ID 31:24, addressable logical IDs 23:16, CLFLUSH
                 // size and brand index kept.
                 let logical = (1u32 << core_bits).min(255);
@@ -296,8 +427,7 @@ mod tests {
         for (hidden, name) in [
             (L1C_X2APIC, "x2APIC"),
             (L1C_TSC_DEADLINE, "TSC deadline"),
-            (L1C_XSAVE, "XSAVE"),
-            (L1C_OSXSAVE, "OSXSAVE"),
+            (L1C_OSXSAVE, "OSXSAVE at reset"),
             (L1C_PDCM, "PDCM"),
             (L1C_MONITOR, "MONITOR"),
         ] {
@@ -308,7 +438,8 @@ mod tests {
         }
         assert_eq!(p.answer(0, 7, 0)[1] & bit(1), 0, "TSC_ADJUST");
         assert_eq!(p.answer(0, 0xa, 0), [0; 4], "no performance counters");
-        assert_eq!(p.answer(0, 0xd, 1), [0; 4], "no XSAVES");
+        assert_eq!(p.answer(0, 0xd, 1)[0] & bit(3), 0, "no XSAVES");
+        assert_eq!(p.answer(0, 7, 0)[3] & bit(26), 0, "no IA32_SPEC_CTRL");
         assert_eq!(p.answer(0, 0x8000_0001, 0)[3] & E1D_RDTSCP, 0);
         let with = CpuidPolicy::new(
             everything,
@@ -351,5 +482,65 @@ mod tests {
         assert_eq!(p.answer(0, HV_BASE + 1, 0), [0; 4]);
         // Past the highest basic leaf: the highest basic leaf's answer.
         assert_eq!(p.answer(0, 0x17, 0), p.answer(0, 0x16, 0));
+    }
+}
+
+#[cfg(test)]
+mod xsave_tests {
+    use super::*;
+
+    /// A host with XSAVE, x87/SSE/AVX and AVX-512 state, AVX at 576 + 256.
+    fn host(leaf: u32, sub: u32) -> Regs {
+        match (leaf, sub) {
+            (0, _) => [0xd, 0, 0, 0],
+            (1, _) => [0, 0, L1C_XSAVE | L1C_AVX | L1C_OSXSAVE, 0],
+            (7, 0) => [0, L7B_AVX2, 0, 0],
+            (0xd, 0) => [0xe7, 0x340, 0xa80, 0],
+            (0xd, 1) => [0xf, 0, 0, 0],
+            (0xd, 2) => [0x100, 0x240, 0, 0],
+            (0xd, 5) => [0x40, 0x440, 0, 0],
+            _ => [0; 4],
+        }
+    }
+
+    #[test]
+    fn xsave_offers_x87_sse_avx_and_follows_cr4_and_xcr0() {
+        let p = CpuidPolicy::new(host, 1, Provided::default());
+        assert_eq!(p.xcr0_supported(), 7, "AVX-512 state is not offered");
+        let reset = p.answer(0, 1, 0)[2];
+        assert_ne!(reset & L1C_XSAVE, 0);
+        assert_ne!(reset & L1C_AVX, 0);
+        assert_eq!(
+            reset & L1C_OSXSAVE,
+            0,
+            "the host's OSXSAVE is not the guest's"
+        );
+        let live = Live {
+            cr4_osxsave: true,
+            xcr0: 7,
+        };
+        assert_ne!(p.answer_live(0, 1, 0, live)[2] & L1C_OSXSAVE, 0);
+        assert_eq!(p.answer(0, 0xd, 0), [7, 576, 576 + 256, 0]);
+        assert_eq!(p.answer_live(0, 0xd, 0, live)[1], 576 + 256);
+        assert_eq!(p.answer(0, 0xd, 1)[0], 0x7, "XSAVES withheld");
+        assert_eq!(p.answer(0, 0xd, 2), [0x100, 0x240, 0, 0]);
+        assert_eq!(p.answer(0, 0xd, 5), [0; 4]);
+        assert_ne!(p.answer(0, 7, 0)[1] & L7B_AVX2, 0);
+    }
+
+    #[test]
+    fn no_xsave_on_the_host_means_none_offered() {
+        let bare = |leaf: u32, sub: u32| {
+            let mut r = host(leaf, sub);
+            if leaf == 1 {
+                r[2] = L1C_AVX;
+            }
+            r
+        };
+        let p = CpuidPolicy::new(bare, 1, Provided::default());
+        assert_eq!(p.xcr0_supported(), 0);
+        assert_eq!(p.answer(0, 1, 0)[2] & (L1C_XSAVE | L1C_AVX), 0);
+        assert_eq!(p.answer(0, 0xd, 0), [0; 4]);
+        assert_eq!(p.answer(0, 7, 0)[1] & L7B_AVX2, 0);
     }
 }

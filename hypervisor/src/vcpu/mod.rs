@@ -5,12 +5,17 @@
 //! handler needs, so that every handler runs in host tests against a mock.
 //! The run loop that enters the guest is kernel-only and lives in `run`.
 
+mod mode;
+
+pub use mode::{CR0_HOST_OWNED, CR4_HOST_OWNED};
+
 use crate::mm::memslot::{LookupStats, VcpuSlotCache};
 use crate::mm::HostMemory;
 use crate::vm::{Counters, Vm};
-use crate::vmx::exit::{ExitReason, InterruptionInfo};
+use crate::vmx::exit::{vector, ExitReason, InterruptionInfo, InterruptionType};
 use crate::vmx::fields::{Vmcs32, VmcsAccess, VmcsError, VmcsNatural};
 use crate::x86::state::Gprs;
+use crate::x86::CR0_PE;
 use alloc::format;
 use alloc::string::String;
 use core::fmt;
@@ -30,6 +35,13 @@ pub trait Hw: VmcsAccess {
     fn write_msr(&mut self, msr: u32, value: u64);
     /// Ends the host interrupt acknowledged on the last exit (local APIC EOI).
     fn host_eoi(&mut self);
+    /// Drops the linear translations cached for `vpid` (INVVPID,
+    /// single-context where supported, else all-context).
+    fn flush_guest_linear(&mut self, vpid: u16, single_context: bool);
+    /// Loads XCR0 on this core (XSETBV; the value was checked). VM exits do
+    /// not switch XCR0 and the host uses no extended state, so the guest's
+    /// value simply stays on its core.
+    fn set_xcr0(&mut self, value: u64);
 }
 
 /// What an exit handler does next when the vCPU goes on.
@@ -43,6 +55,8 @@ pub enum Action {
 pub enum Stop {
     /// The guest asked to stop (HC_SHUTDOWN) with this status.
     Shutdown { status: u64 },
+    /// The guest asked for a reset (reset ports, triple fault): the VM ends.
+    Reset { why: &'static str },
     /// The guest did something it may not; it was stopped, the host is fine.
     Contained { what: &'static str, detail: String },
     /// The hypervisor could not go on with this vCPU (a bug, or no memory).
@@ -53,6 +67,7 @@ impl fmt::Display for Stop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Stop::Shutdown { status } => write!(f, "shutdown, status {status}"),
+            Stop::Reset { why } => write!(f, "guest requested reset ({why})"),
             Stop::Contained { what, detail } => write!(f, "CONTAINED: {what}: {detail}"),
             Stop::Fatal(s) => write!(f, "FATAL: {s}"),
         }
@@ -139,6 +154,10 @@ pub struct Vcpu<'a, H: Hw, M: HostMemory> {
     line_len: usize,
     /// The last flush generation this vCPU serviced (`vm::requests`).
     pub flush_seen: u64,
+    /// The guest's XCR0 (loaded on this vCPU's core by XSETBV).
+    pub xcr0: u64,
+    /// The task-priority class the guest set through CR8 (bits 3:0).
+    pub cr8: u8,
 }
 
 impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
@@ -154,6 +173,8 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
             line: [0; LINE_MAX],
             line_len: 0,
             flush_seen: 0,
+            xcr0: 1,
+            cr8: 0,
         }
     }
 
@@ -186,13 +207,58 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
         Ok(())
     }
 
-    /// Queues an event for the next VM entry.
+    /// Queues an event for the next VM entry. A hardware exception carries
+    /// its error code only where the guest's mode delivers one: never in
+    /// real mode (SDM 27.2.1.3 refuses the entry otherwise, and a real-mode
+    /// CPU pushes none).
+    ///
+    /// If an event is already queued (one whose delivery an exit cut short,
+    /// see [`Self::requeue_vectoring_event`]), a new exception combines with
+    /// it as the SDM's table "Conditions for Generating a Double Fault" says
+    /// (6.15, interrupt 8): two contributory exceptions, or a page fault
+    /// followed by a contributory one or a page fault, make #DF(0); a fault
+    /// while delivering #DF is a triple fault (the VM is reset); otherwise
+    /// the new exception is delivered.
     pub fn inject(&mut self, info: InterruptionInfo, error_code: u32) -> Result<(), Stop> {
+        let mut info = info;
+        let mut error_code = error_code;
+        let pending =
+            InterruptionInfo::from_raw(self.vmcs.read32(Vmcs32::VmEntryInterruptionInfo)?);
+        if pending.valid
+            && pending.kind == InterruptionType::HardwareException
+            && info.kind == InterruptionType::HardwareException
+        {
+            let contributory = |v: u8| matches!(v, 0 | 10 | 11 | 12 | 13);
+            let (first, second) = (pending.vector, info.vector);
+            if first == vector::DF {
+                return Err(Stop::Reset {
+                    why: "triple fault (an exception while delivering #DF)",
+                });
+            }
+            if (contributory(first) && contributory(second))
+                || (first == vector::PF && (second == vector::PF || contributory(second)))
+            {
+                info = InterruptionInfo::hardware_exception(vector::DF, true);
+                error_code = 0;
+            }
+        }
+        if info.error_code_valid && self.guest_cr0()? & CR0_PE == 0 {
+            info.error_code_valid = false;
+        }
         self.vmcs
             .write32(Vmcs32::VmEntryInterruptionInfo, info.to_raw())?;
         if info.error_code_valid {
             self.vmcs
                 .write32(Vmcs32::VmEntryExceptionErrorCode, error_code)?;
+        }
+        if matches!(
+            info.kind,
+            InterruptionType::SoftwareInterrupt
+                | InterruptionType::PrivilegedSoftwareException
+                | InterruptionType::SoftwareException
+        ) {
+            let len = self.vmcs.read32(Vmcs32::VmExitInstructionLength)?;
+            self.vmcs.write32(Vmcs32::VmEntryInstructionLength, len)?;
         }
         Ok(())
     }
@@ -201,6 +267,55 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
     pub fn inject_gp(&mut self) -> Result<Action, Stop> {
         self.inject(InterruptionInfo::gp(), 0)?;
         Ok(Action::Resume)
+    }
+
+    /// Queues #UD and resumes.
+    pub fn inject_ud(&mut self) -> Result<Action, Stop> {
+        self.inject(InterruptionInfo::ud(), 0)?;
+        Ok(Action::Resume)
+    }
+
+    /// After every exit: if the exit interrupted the delivery of an event
+    /// (IDT-vectoring information valid, SDM 28.2.4), queue that event again
+    /// so that it is delivered on the next entry, as KVM's
+    /// `vmx_complete_interrupts` does. A software interrupt or exception is
+    /// re-delivered with the instruction length the exit reported (SDM
+    /// 27.6.1.1); an NMI whose delivery was cut short is not blocked.
+    /// Otherwise the entry field is cleared, so that nothing is delivered
+    /// twice.
+    pub fn requeue_vectoring_event(&mut self) -> Result<(), Stop> {
+        let raw = self.vmcs.read32(Vmcs32::IdtVectoringInfo)?;
+        let info = InterruptionInfo::from_raw(raw);
+        if !info.valid {
+            self.vmcs.write32(Vmcs32::VmEntryInterruptionInfo, 0)?;
+            return Ok(());
+        }
+        let again = InterruptionInfo {
+            nmi_unblocking: false,
+            ..info
+        };
+        self.vmcs
+            .write32(Vmcs32::VmEntryInterruptionInfo, again.to_raw())?;
+        if info.error_code_valid {
+            let code = self.vmcs.read32(Vmcs32::IdtVectoringErrorCode)?;
+            self.vmcs.write32(Vmcs32::VmEntryExceptionErrorCode, code)?;
+        }
+        if matches!(
+            info.kind,
+            InterruptionType::SoftwareInterrupt
+                | InterruptionType::PrivilegedSoftwareException
+                | InterruptionType::SoftwareException
+        ) {
+            let len = self.vmcs.read32(Vmcs32::VmExitInstructionLength)?;
+            self.vmcs.write32(Vmcs32::VmEntryInstructionLength, len)?;
+        }
+        if info.kind == InterruptionType::Nmi {
+            // The NMI was not delivered: it does not block NMIs yet.
+            let state = self.vmcs.read32(Vmcs32::GuestInterruptibilityState)?;
+            self.vmcs
+                .write32(Vmcs32::GuestInterruptibilityState, state & !(1 << 3))?;
+        }
+        Ok(())
     }
 
     /// Stops the vCPU with a containment report naming the guest RIP.

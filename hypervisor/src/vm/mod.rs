@@ -125,6 +125,8 @@ pub struct Vm<M: HostMemory> {
     pub msr_bitmap: u64,
     pub io_bitmaps: (u64, u64),
     pub invept_single: bool,
+    /// INVVPID can flush one VPID (else it flushes all).
+    pub invvpid_single: bool,
     /// Where the dirty-log test memory starts: slots from here on are the
     /// ones a dirty-log run logs (none in other runs: it is the end of RAM).
     pub test_base: u64,
@@ -329,6 +331,7 @@ impl<M: HostMemory> Vm<M> {
             msr_bitmap,
             io_bitmaps,
             invept_single: ept_caps.contains(EptVpidCap::INVEPT_SINGLE_CONTEXT),
+            invvpid_single: ept_caps.contains(EptVpidCap::SINGLE_CONTEXT),
             test_base: if dirty_run { test_base } else { mem_bytes },
             dirty,
         })

@@ -1067,7 +1067,6 @@ mod tests {
                 | SecondaryProcBased::UNRESTRICTED_GUEST
                 | SecondaryProcBased::ENABLE_RDTSCP
                 | SecondaryProcBased::ENABLE_INVPCID
-                | SecondaryProcBased::ENABLE_XSAVES
                 | SecondaryProcBased::ENABLE_VPID
         );
         assert_eq!(c.pin, 0x17);

@@ -209,10 +209,11 @@ impl ControlRequest {
     /// The controls our hypervisor needs to run a 64-bit guest with EPT that may
     /// later drop to real or protected mode (unrestricted guest):
     /// - pin: external-interrupt exiting;
-    /// - proc: HLT exiting, MSR bitmaps, I/O bitmaps (else unconditional I/O
+    /// - proc: HLT, CR8-load/store, MONITOR, MWAIT and RDPMC exiting, TSC
+    ///   offsetting, MSR bitmaps, I/O bitmaps (else unconditional I/O
     ///   exiting), secondary controls;
-    /// - proc2: EPT and unrestricted guest; optional RDTSCP, INVPCID,
-    ///   XSAVES/XRSTORS (else they #UD in the guest) and VPID;
+    /// - proc2: EPT and unrestricted guest; optional RDTSCP, INVPCID and
+    ///   VPID (XSAVES stays off: it #UDs, as CPUID does not offer it);
     /// - exit: 64-bit host; optional save/load EFER, acknowledge interrupt on exit;
     /// - entry: IA-32e mode guest; optional load EFER;
     /// - EPT: 4-level walk, write-back paging structures, INVEPT.
@@ -227,6 +228,14 @@ impl ControlRequest {
                 required: PrimaryProcBased::HLT_EXITING
                     .union(PrimaryProcBased::USE_MSR_BITMAPS)
                     .union(PrimaryProcBased::ACTIVATE_SECONDARY)
+                    // The guest's TSC is offset per vCPU; CR8 is the vCPU's
+                    // own TPR; MONITOR/MWAIT/RDPMC never reach the host core.
+                    .union(PrimaryProcBased::USE_TSC_OFFSETTING)
+                    .union(PrimaryProcBased::CR8_LOAD)
+                    .union(PrimaryProcBased::CR8_STORE)
+                    .union(PrimaryProcBased::MONITOR)
+                    .union(PrimaryProcBased::MWAIT)
+                    .union(PrimaryProcBased::RDPMC)
                     .bits(),
                 optional: 0,
                 one_of: IO_EXITING_CHOICES,
@@ -237,7 +246,6 @@ impl ControlRequest {
                     .bits(),
                 optional: SecondaryProcBased::ENABLE_RDTSCP
                     .union(SecondaryProcBased::ENABLE_INVPCID)
-                    .union(SecondaryProcBased::ENABLE_XSAVES)
                     .union(SecondaryProcBased::ENABLE_VPID)
                     .bits(),
                 one_of: &[],

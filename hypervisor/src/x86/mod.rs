@@ -6,6 +6,7 @@
 //! same bits for code that works on raw register values (VMCS fields, guest
 //! registers).
 
+pub mod control;
 pub mod msr;
 pub mod state;
 

@@ -74,3 +74,9 @@ pub const IA32_GS_BASE: u32 = 0xC000_0101;
 pub const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
 /// IA32_TSC_AUX.
 pub const IA32_TSC_AUX: u32 = 0xC000_0103;
+/// IA32_PLATFORM_ID (read-only).
+pub const IA32_PLATFORM_ID: u32 = 0x17;
+/// IA32_BIOS_SIGN_ID: the microcode update signature.
+pub const IA32_BIOS_SIGN_ID: u32 = 0x8B;
+/// IA32_MISC_ENABLE.
+pub const IA32_MISC_ENABLE: u32 = 0x1A0;

@@ -57,6 +57,27 @@ const INVEPT_ALL_CONTEXT: u64 = 2;
 
 /// Invalidates guest-physical mappings derived from `eptp` on this core.
 /// Falls back to all-context when single-context is not supported.
+const INVVPID_SINGLE_CONTEXT: u64 = 1;
+const INVVPID_ALL_CONTEXT: u64 = 2;
+
+/// INVVPID: drops the linear and combined mappings of `vpid` (single
+/// context), or of every VPID but the host's (all contexts).
+pub fn invvpid(vpid: u16, single_context: bool) {
+    let descriptor: [u64; 2] = [u64::from(vpid), 0];
+    let kind = if single_context {
+        INVVPID_SINGLE_CONTEXT
+    } else {
+        INVVPID_ALL_CONTEXT
+    };
+    // SAFETY: VMX is on (INVVPID is only reached from an exit handler); the
+    // descriptor is a valid 128-bit operand that lives across the call, and
+    // the type is one the CPU reported (vm.invvpid_single) or all-context,
+    // which VPID's enabling required.
+    unsafe {
+        core::arch::asm!("invvpid {}, [{}]", in(reg) kind, in(reg) &descriptor, options(nostack));
+    }
+}
+
 pub fn invept(eptp: u64, single_context: bool) {
     let descriptor: [u64; 2] = [eptp, 0];
     let kind = if single_context {
@@ -81,6 +102,8 @@ pub struct VmcsConfig {
     pub io_bitmap_b: u64,
     pub vpid: u16,
     pub cpu: usize,
+    /// The guest's TSC minus the host's ("use TSC offsetting").
+    pub tsc_offset: u64,
 }
 
 /// Writes controls and host state for this core.
@@ -110,6 +133,7 @@ pub fn write_controls_and_host(
     v.write64(Vmcs64::IoBitmapA, c.io_bitmap_a)?;
     v.write64(Vmcs64::IoBitmapB, c.io_bitmap_b)?;
     v.write64(Vmcs64::VmcsLinkPointer, u64::MAX)?;
+    v.write64(Vmcs64::TscOffset, c.tsc_offset)?;
     if c.controls
         .secondary()
         .contains(crate::vmx::controls::SecondaryProcBased::ENABLE_VPID)
@@ -169,10 +193,10 @@ pub fn write_guest_state(
         .contains(crate::vmx::controls::SecondaryProcBased::UNRESTRICTED_GUEST);
     // The guest owns every CR0/CR4 bit except those VMX fixes: a write that
     // would change one of those exits (SDM 26.3 "Changes to ... CR0 and CR4").
-    let (cr0_one, cr0_may) = caps.guest_cr0_fixed(unrestricted);
-    let (cr4_one, cr4_may) = caps.cr4_fixed();
-    v.write_nat(VmcsNatural::Cr0GuestHostMask, cr0_one | !cr0_may)?;
-    v.write_nat(VmcsNatural::Cr4GuestHostMask, cr4_one | !cr4_may)?;
+    // The host owns every CR0 bit but TS and all of CR4 (`vcpu::mode`);
+    // that includes the fixed bits.
+    v.write_nat(VmcsNatural::Cr0GuestHostMask, crate::vcpu::CR0_HOST_OWNED)?;
+    v.write_nat(VmcsNatural::Cr4GuestHostMask, crate::vcpu::CR4_HOST_OWNED)?;
     v.write_nat(VmcsNatural::Cr0ReadShadow, s.cr0)?;
     v.write_nat(VmcsNatural::Cr4ReadShadow, s.cr4)?;
     v.write_nat(
