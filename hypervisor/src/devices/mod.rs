@@ -22,6 +22,8 @@
 #![forbid(unsafe_code)]
 
 pub mod bus;
+pub mod ioapic;
+pub mod pit;
 pub mod serial;
 
 pub use bus::{Bus, BusError, BusKind, BusRange, DeviceHandle, Mmio, MmioBus, Pio, PioBus};
