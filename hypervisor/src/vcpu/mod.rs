@@ -5,6 +5,7 @@
 //! handler needs, so that every handler runs in host tests against a mock.
 //! The run loop that enters the guest is kernel-only and lives in `run`.
 
+pub mod inject;
 mod mode;
 
 pub use mode::{CR0_HOST_OWNED, CR4_HOST_OWNED};
