@@ -377,7 +377,7 @@ fn elf_pieces(image: &[u8]) -> Result<(Vec<Piece>, u64), MultibootError> {
         if ph.p_filesz > ph.p_memsz {
             return Err(Elf("a PT_LOAD has p_filesz > p_memsz"));
         }
-        let end = ph.p_offset.checked_add(ph.p_filesz).unwrap_or(u64::MAX);
+        let end = ph.p_offset.saturating_add(ph.p_filesz);
         if end > image.len() as u64 {
             return Err(MultibootError::Truncated {
                 what: "a PT_LOAD segment",
@@ -423,7 +423,7 @@ pub fn plan(image: &[u8], h: &Header, board: &Board) -> Result<Plan, MultibootEr
     let mut start = u64::MAX;
     let mut end = 0;
     for (i, p) in pieces.iter().enumerate() {
-        let pend = p.gpa.checked_add(p.memsz).unwrap_or(u64::MAX);
+        let pend = p.gpa.saturating_add(p.memsz);
         if !board.is_usable(p.gpa, pend) {
             return Err(MultibootError::OutsideRam {
                 start: p.gpa,

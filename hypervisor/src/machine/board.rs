@@ -120,7 +120,7 @@ impl Board {
         if mem > PCI_HOLE {
             return Err(BoardError::TooLarge { mem });
         }
-        if mem % 4096 != 0 {
+        if !mem.is_multiple_of(4096) {
             return Err(BoardError::Unaligned { mem });
         }
         Ok(Board { mem })
