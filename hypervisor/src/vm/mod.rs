@@ -492,3 +492,125 @@ impl<M: HostMemory> Vm<M> {
         self.layout.mem_bytes / FRAME
     }
 }
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+    use crate::boot::multiboot::{BOOTLOADER_MAGIC, HEADER_MAGIC};
+    use crate::machine::cpuid::Provided;
+    use crate::mm::guest_mem::test_host;
+    use crate::vmx::caps::skylake_for_tests;
+
+    struct Quiet;
+    impl GuestOutput for Quiet {
+        fn line(&self, _: Option<u32>, _: &str) {}
+        fn serial_line(&self, _: &str) {}
+    }
+    static QUIET: Quiet = Quiet;
+    fn no_kick(_: u32) {}
+    fn host_cpu(_: u32, _: u32) -> [u32; 4] {
+        [0; 4]
+    }
+
+    fn parts(mem_mib: u64, vcpus: u32) -> VmParts {
+        let (caps, controls) = skylake_for_tests();
+        VmParts {
+            config: RunConfig {
+                guest: "k.bin",
+                mem_mib,
+                initrd: "rd",
+                ..RunConfig::default()
+            },
+            caps,
+            controls,
+            vcpus,
+            out: &QUIET,
+            workload: None,
+            cpuid: CpuidPolicy::new(host_cpu, vcpus, Provided::default()),
+            kick: &no_kick,
+        }
+    }
+
+    /// An a.out-kludge kernel at 1 MiB: header, then `hlt`s.
+    fn kernel() -> Vec<u8> {
+        let flags = 1u32 << 16 | 3;
+        let mut k = Vec::new();
+        for v in [
+            HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(HEADER_MAGIC).wrapping_sub(flags),
+            0x10_0000,
+            0x10_0000,
+            0x10_1000,
+            0x10_2000,
+            0x10_0020,
+        ] {
+            k.extend(v.to_le_bytes());
+        }
+        k.resize(0x1000, 0xf4);
+        k
+    }
+
+    #[test]
+    fn a_kernel_run_starts_vcpu0_at_the_multiboot_entry() {
+        let k = kernel();
+        let image = GuestImage::Kernel {
+            image: &k,
+            append: "some words",
+            initrd: b"module",
+        };
+        let vm = Vm::build_image(test_host::memory(), parts(16, 1), image).unwrap();
+        let s = vm.initial_state(0);
+        assert_eq!(s.rip, 0x10_0020);
+        assert_eq!(s.gprs.rax, u64::from(BOOTLOADER_MAGIC));
+        assert!(!s.ia32e());
+        let l = vm.kernel_loaded.unwrap();
+        assert_eq!(l.kernel, (0x10_0000, 0x10_2000));
+        assert_eq!(l.module, Some((0x10_2000, 0x10_2006)));
+        let mut gm = vm.guest_mem();
+        let mut b = [0u8; 6];
+        gm.read(0x10_2000, &mut b).unwrap();
+        assert_eq!(&b, b"module");
+        let mut word = [0u8; 4];
+        gm.read(s.gprs.rbx + 16, &mut word).unwrap();
+        let mut line = [0u8; 16];
+        gm.read(u32::from_le_bytes(word).into(), &mut line).unwrap();
+        assert_eq!(&line, b"k.bin some words");
+        // bss zeroed, RAM above it too.
+        gm.read(0x10_1800, &mut b).unwrap();
+        assert_eq!(b, [0; 6]);
+    }
+
+    #[test]
+    fn kernel_runs_are_refused_clearly() {
+        let k = kernel();
+        let image = GuestImage::Kernel {
+            image: &k,
+            append: "",
+            initrd: b"",
+        };
+        let err = |p: VmParts, i: GuestImage| match Vm::build_image(test_host::memory(), p, i) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e,
+        };
+        assert!(err(parts(16, 2), image).contains("one vCPU"));
+        let mut p = parts(16, 1);
+        p.controls.proc2 &= !SecondaryProcBased::UNRESTRICTED_GUEST.bits();
+        assert_eq!(err(p, image), NEEDS_UNRESTRICTED);
+        assert!(err(parts(1, 1), image).contains("at least 2 MiB"));
+        let text = b"not a kernel at all".repeat(10);
+        let e = err(
+            parts(16, 1),
+            GuestImage::Kernel {
+                image: &text,
+                append: "",
+                initrd: b"",
+            },
+        );
+        assert!(e.starts_with("kernel: not a kernel"), "{e}");
+        // The native path is untouched.
+        let elf = crate::boot::elf::guest_elf_for_tests();
+        let vm = Vm::build(test_host::memory(), parts(16, 2), &elf).unwrap();
+        assert!(vm.kernel_state.is_none() && vm.initial_state(0).ia32e());
+    }
+}
