@@ -32,6 +32,9 @@ pub struct RunConfig<'a> {
     /// Make the memslot with this index (0-based, in guest-physical order)
     /// read-only: a guest write to it is contained.
     pub readonly_slot: Option<u32>,
+    /// Kernel run: the `--initrd` file's name (module 0's string), empty
+    /// when there is none. The kernel's own name is `guest`.
+    pub initrd: &'a str,
 }
 
 impl Default for RunConfig<'_> {
@@ -47,6 +50,7 @@ impl Default for RunConfig<'_> {
             bytes_per_vcpu: 0,
             dirty_concurrent: false,
             readonly_slot: None,
+            initrd: "",
         }
     }
 }
@@ -110,6 +114,7 @@ impl<'a> RunConfig<'a> {
                 "readonly_slot" => {
                     c.readonly_slot = Some(u32::try_from(num()?).map_err(|_| err("too large"))?)
                 }
+                "initrd" => c.initrd = value,
                 "dirty_mode" => {
                     c.dirty_concurrent = match value {
                         "sync" => false,
@@ -168,6 +173,9 @@ impl fmt::Display for RunConfig<'_> {
         writeln!(f, "dirty_mode={mode}")?;
         if let Some(i) = self.readonly_slot {
             writeln!(f, "readonly_slot={i}")?;
+        }
+        if !self.initrd.is_empty() {
+            writeln!(f, "initrd={}", self.initrd)?;
         }
         Ok(())
     }
@@ -241,6 +249,12 @@ mod tests {
                 iterations: 3,
                 bytes_per_vcpu: 1 << 20,
                 dirty_concurrent: true,
+                ..RunConfig::default()
+            },
+            RunConfig {
+                guest: "mbkernel",
+                mem_mib: 128,
+                initrd: "initrd.bin",
                 ..RunConfig::default()
             },
         ];

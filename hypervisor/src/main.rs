@@ -28,7 +28,7 @@ mod kernel {
     use hypervisor::mm::{frames, heap};
     use hypervisor::report::print as report;
     use hypervisor::vcpu::VcpuReport;
-    use hypervisor::vm::{GuestOutput, Vm, VmParts};
+    use hypervisor::vm::{GuestImage, GuestOutput, Vm, VmParts};
     use hypervisor::vmx::controls::{derive_for_hypervisor, SecondaryProcBased};
     use hypervisor::workload::dirtylog;
     use hypervisor::{console, println, run, vmx};
@@ -113,10 +113,28 @@ mod kernel {
         if cfg!(feature = "force-panic") {
             panic!("forced panic (built with the force-panic feature for the tests)");
         }
+        let kernel_run = !payload.kernel.is_empty();
+        if kernel_run {
+            info!(
+                "payload: kernel {:?}, {} bytes, command line {:?}, initrd {} bytes",
+                config.guest,
+                payload.kernel.len(),
+                payload.cmdline,
+                payload.initrd.len()
+            );
+            if config.cpus > 1 {
+                error!(
+                    "--cpus {}: a kernel run has one vCPU for now (the others would start \
+                     with INIT-SIPI, which comes in the next issue)",
+                    config.cpus
+                );
+                return Err("kernel runs take one vCPU");
+            }
+        }
         info!(
             "payload: guest {:?}, {} bytes; guest memory {} MiB in {} slot(s), cache mode {}",
             config.guest,
-            payload.guest.len(),
+            payload.guest.len() + payload.kernel.len(),
             config.mem_mib,
             config.slots,
             config.cache
@@ -147,6 +165,10 @@ mod kernel {
         })?;
         let caps = vmx::hw::on::read_caps();
         println!("{caps}");
+        if kernel_run && !caps.unrestricted_guest() {
+            error!("{}", hypervisor::vm::NEEDS_UNRESTRICTED);
+            return Err("this CPU cannot run a kernel");
+        }
         let controls = derive_for_hypervisor(&caps).map_err(|e| {
             error!("{e}");
             "this CPU lacks VMX features the hypervisor needs"
@@ -166,6 +188,8 @@ mod kernel {
         let dirty = config.iterations > 0;
         CONTROLLER.store(dirty, Ordering::Release);
         let wanted_vcpus = match config.cpus {
+            // A kernel starts on one vCPU (the BSP).
+            0 if kernel_run => 1,
             // One vCPU per core found, up to the most a VM can have.
             0 => MAX_VCPUS,
             n => n,
@@ -199,7 +223,16 @@ mod kernel {
             kick: &kick_vcpu,
         };
         let vm = VM.try_call_once(|| {
-            Vm::build(KernelMemory, parts, payload.guest).map_err(|e| {
+            let image = if kernel_run {
+                GuestImage::Kernel {
+                    image: payload.kernel,
+                    append: payload.cmdline,
+                    initrd: payload.initrd,
+                }
+            } else {
+                GuestImage::Native(payload.guest)
+            };
+            Vm::build_image(KernelMemory, parts, image).map_err(|e| {
                 error!("{e}");
                 "could not build the VM"
             })
@@ -211,6 +244,21 @@ mod kernel {
             vm.entry,
             vm.layout.free_start
         );
+
+        if let Some(k) = vm.kernel_loaded {
+            info!(
+                "multiboot: kernel at [{:#x}, {:#x}), entry {:#x} in 32-bit protected mode, \
+                 information at {:#x}, module 0 {}",
+                k.kernel.0,
+                k.kernel.1,
+                k.entry,
+                k.info,
+                match k.module {
+                    Some((s, e)) => alloc::format!("at [{s:#x}, {e:#x})"),
+                    None => "none".into(),
+                }
+            );
+        }
 
         let tsc_hz = arch::tsc_hz();
         let release = || START.store(true, Ordering::Release);

@@ -5,6 +5,8 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::spec::KernelSpec;
+
 pub const KERNEL_TARGET: &str = "x86_64-unknown-none";
 
 fn cargo(root: &Path) -> Command {
@@ -61,7 +63,12 @@ pub fn build_kernel(root: &Path, features: &[&str]) -> Result<PathBuf> {
     Ok(copy)
 }
 
-/// The guest programs there are: one per file in guest/src/bin.
+/// Programs of guest/src/bin that are kernels (booted with `--kernel`),
+/// not native guests.
+pub const KERNEL_PROGRAMS: &[&str] = &["mbkernel"];
+
+/// The guest programs there are: one per file in guest/src/bin, less the
+/// kernels.
 pub fn guest_names(root: &Path) -> Result<Vec<String>> {
     let mut names: Vec<String> = std::fs::read_dir(root.join("guest/src/bin"))
         .context("reading guest/src/bin")?
@@ -70,6 +77,7 @@ pub fn guest_names(root: &Path) -> Result<Vec<String>> {
             let name = e.file_name().to_string_lossy().to_string();
             name.strip_suffix(".rs").map(str::to_string)
         })
+        .filter(|n| !KERNEL_PROGRAMS.contains(&n.as_str()))
         .collect();
     names.sort();
     Ok(names)
@@ -126,6 +134,14 @@ impl Firmware {
     }
 }
 
+/// What the image carries for the guest to run.
+pub enum GuestInput<'a> {
+    /// A native guest ELF (`--guest`).
+    Elf(&'a Path),
+    /// A kernel file with its command line and initrd (`--kernel`).
+    Kernel(&'a KernelSpec),
+}
+
 /// Makes the disk image(s) for `kernel` + `guest` + `config` in `out`.
 pub fn make_images(
     loader: &Path,
@@ -135,8 +151,33 @@ pub fn make_images(
     out: &Path,
     which: &[Firmware],
 ) -> Result<()> {
+    make_images_for(loader, kernel, &GuestInput::Elf(guest), config, out, which)
+}
+
+/// Makes the disk image(s) for the hypervisor `kernel` + `input` +
+/// `config` in `out`.
+pub fn make_images_for(
+    loader: &Path,
+    kernel: &Path,
+    input: &GuestInput,
+    config: &str,
+    out: &Path,
+    which: &[Firmware],
+) -> Result<()> {
     let mut c = Command::new(loader);
-    c.arg("--kernel").arg(kernel).arg("--guest").arg(guest);
+    c.arg("--kernel").arg(kernel);
+    match input {
+        GuestInput::Elf(guest) => {
+            c.arg("--guest").arg(guest);
+        }
+        GuestInput::Kernel(k) => {
+            c.arg("--guest-kernel").arg(&k.path);
+            c.arg("--cmdline").arg(&k.append);
+            if let Some(i) = &k.initrd {
+                c.arg("--initrd").arg(i);
+            }
+        }
+    }
     c.arg("--config").arg(config).arg("--out").arg(out);
     for f in which {
         c.arg(match f {

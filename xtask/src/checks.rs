@@ -253,8 +253,11 @@ pub mod help {
 
     pub fn mem() -> String {
         format!(
-            "Guest RAM in MiB from guest-physical 0 (at most {MAX_GUEST_MIB}; Bochs: at most {})",
-            max_guest_mib(Some(Backend::Bochs))
+            "Guest RAM in MiB from guest-physical 0 (at most {MAX_GUEST_MIB}; Bochs: at most {}; \
+             a kernel run: at most {}) [default: 16; with --kernel {} (QEMU's)]",
+            max_guest_mib(Some(Backend::Bochs)),
+            hypervisor::machine::board::PCI_HOLE >> 20,
+            crate::spec::KERNEL_DEFAULT_MIB
         )
     }
 

@@ -7,7 +7,7 @@ use crate::artifacts::Firmware;
 use crate::bench_dirty::options::DirtyLogArgs;
 use crate::checks;
 use crate::emu::{self, Backend};
-use crate::spec::GuestSpec;
+use crate::spec::{GuestSpec, KernelSpec, KERNEL_DEFAULT_MIB};
 use anyhow::Result;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -147,11 +147,27 @@ pub fn cache_parser() -> impl TypedValueParser<Value = CacheMode> {
 pub struct GuestArgs {
     /// The guest program, one of guest/src/bin (smoke, memtouch, unbacked,
     /// hostile, dirtylog, pagerace)
-    #[arg(long, value_name = "NAME", default_value = "smoke")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "smoke",
+        conflicts_with = "kernel"
+    )]
     pub guest: String,
-    #[arg(long = "mem", value_name = "MIB", default_value_t = 16, value_parser = checks::mem_mib,
+    /// Boot this kernel file instead of a guest program (QEMU's -kernel):
+    /// multiboot v1 (ELF32, ELF64 or a.out-kludge addresses); a Linux
+    /// bzImage is recognised and refused for now
+    #[arg(long, value_name = "FILE")]
+    pub kernel: Option<PathBuf>,
+    /// The kernel's command line, after its name (QEMU's -append)
+    #[arg(long, value_name = "TEXT", requires = "kernel")]
+    pub append: Option<String>,
+    /// A file the kernel gets as multiboot module 0 (QEMU's -initrd)
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    #[arg(long = "mem", value_name = "MIB", value_parser = checks::mem_mib,
           help = checks::help::mem())]
-    pub mem_mib: u64,
+    pub mem_mib: Option<u64>,
     #[arg(long, value_name = "S", default_value_t = 1, value_parser = checks::slots,
           help = checks::help::slots())]
     pub slots: u32,
@@ -166,11 +182,28 @@ pub struct GuestArgs {
 
 impl GuestArgs {
     pub fn spec(&self, cpus: u32) -> GuestSpec {
+        let base = match &self.kernel {
+            Some(k) => GuestSpec::kernel(
+                KernelSpec::new(
+                    k.clone(),
+                    self.append.clone().unwrap_or_default(),
+                    self.initrd.clone(),
+                ),
+                self.mem_mib.unwrap_or(KERNEL_DEFAULT_MIB),
+                self.slots,
+            ),
+            None => GuestSpec::new(&self.guest, self.mem_mib.unwrap_or(16), self.slots),
+        };
         GuestSpec {
             cache: self.cache,
-            cpus,
+            // A kernel starts on one vCPU (an image's 0 means all cores).
+            cpus: if self.kernel.is_some() && cpus == 0 {
+                1
+            } else {
+                cpus
+            },
             readonly_slot: self.readonly_slot,
-            ..GuestSpec::new(&self.guest, self.mem_mib, self.slots)
+            ..base
         }
     }
 }

@@ -44,14 +44,27 @@ pub fn prepare(
     emulator: bool,
 ) -> Result<()> {
     let kernel = artifacts::build_kernel(root, features)?;
-    let guest = artifacts::build_guest(root, &g.guest)?;
     let loader = artifacts::build_loader(root)?;
     std::fs::create_dir_all(dir)?;
-    artifacts::make_images(&loader, &kernel, &guest, &g.config(emulator), dir, fw)
+    let config = g.config(emulator);
+    match &g.kernel {
+        Some(k) => {
+            let input = artifacts::GuestInput::Kernel(k);
+            artifacts::make_images_for(&loader, &kernel, &input, &config, dir, fw)
+        }
+        None => {
+            let guest = artifacts::build_guest(root, &g.guest)?;
+            artifacts::make_images(&loader, &kernel, &guest, &config, dir, fw)
+        }
+    }
 }
 
-/// `--guest` names a program of guest/src/bin (checked before any build).
+/// `--guest` names a program of guest/src/bin, or `--kernel` and
+/// `--initrd` name readable files (checked before any build).
 fn check_guest(root: &Path, g: &GuestSpec) -> Result<()> {
+    if let Some(k) = &g.kernel {
+        return k.check_files();
+    }
     let names = artifacts::guest_names(root)?;
     if !names.contains(&g.guest) {
         bail!(
@@ -70,8 +83,14 @@ fn cmd_run(a: &RunArgs) -> Result<i32> {
     setup::ensure_toolchain(&root)?;
     let dir = artifacts::work_dir(&root).join("run");
     eprintln!(
-        "xtask: building hypervisor, guest {:?} and the {:?} image",
-        g.guest, a.firmware
+        "xtask: building hypervisor, {} {:?} and the {:?} image",
+        if g.kernel.is_some() {
+            "kernel"
+        } else {
+            "guest"
+        },
+        g.guest,
+        a.firmware
     );
     prepare(&root, &g, &[], &dir, &[a.firmware], true)?;
     eprintln!(

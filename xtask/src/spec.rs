@@ -8,6 +8,80 @@ use crate::emu::Backend;
 use anyhow::{bail, Result};
 use hypervisor::config::RunConfig;
 use hypervisor::limits::{CacheMode, PAGE_SIZE};
+use hypervisor::machine::board;
+use std::path::{Path, PathBuf};
+
+/// Guest RAM of a kernel run without `--mem` (QEMU's default), MiB.
+pub const KERNEL_DEFAULT_MIB: u64 = 128;
+
+/// A kernel run (`--kernel FILE [--append TEXT] [--initrd FILE]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelSpec {
+    pub path: PathBuf,
+    pub append: String,
+    pub initrd: Option<PathBuf>,
+    /// The initrd's file name: module 0's string.
+    pub initrd_name: String,
+}
+
+/// A file's name as the guest is told it: its last component, with
+/// whitespace and control characters replaced (the configuration is lines
+/// of `key=value`, and QEMU-style command lines split at spaces).
+pub fn shown_name(p: &Path) -> String {
+    let name = p
+        .file_name()
+        .map_or_else(|| "kernel".into(), |n| n.to_string_lossy().to_string());
+    name.chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+impl KernelSpec {
+    pub fn new(path: PathBuf, append: String, initrd: Option<PathBuf>) -> Self {
+        let initrd_name = initrd.as_deref().map(shown_name).unwrap_or_default();
+        KernelSpec {
+            path,
+            append,
+            initrd,
+            initrd_name,
+        }
+    }
+
+    /// The files exist, are regular files, can be opened and fit the
+    /// payload (under 4 GiB); the command line has no NUL.
+    pub fn check_files(&self) -> Result<()> {
+        let one = |opt: &str, p: &Path| -> Result<()> {
+            let meta =
+                std::fs::metadata(p).map_err(|e| anyhow::anyhow!("{opt} {}: {e}", p.display()))?;
+            if !meta.is_file() {
+                bail!("{opt} {}: not a regular file", p.display());
+            }
+            std::fs::File::open(p)
+                .map_err(|e| anyhow::anyhow!("{opt} {}: cannot be read: {e}", p.display()))?;
+            if meta.len() >= 1 << 32 {
+                bail!("{opt} {}: 4 GiB or larger", p.display());
+            }
+            if opt == "--kernel" && meta.len() == 0 {
+                bail!("--kernel {}: the file is empty", p.display());
+            }
+            Ok(())
+        };
+        one("--kernel", &self.path)?;
+        if let Some(i) = &self.initrd {
+            one("--initrd", i)?;
+        }
+        if self.append.contains('\0') {
+            bail!("--append: the command line holds a NUL character");
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestSpec {
@@ -28,6 +102,9 @@ pub struct GuestSpec {
     pub dirty_concurrent: bool,
     /// This slot is read-only.
     pub readonly_slot: Option<u32>,
+    /// A kernel run: the kernel instead of a guest program (`guest` is
+    /// then the kernel's file name).
+    pub kernel: Option<KernelSpec>,
 }
 
 impl GuestSpec {
@@ -43,6 +120,15 @@ impl GuestSpec {
             bytes_per_vcpu: 0,
             dirty_concurrent: false,
             readonly_slot: None,
+            kernel: None,
+        }
+    }
+
+    /// A kernel run of `k` with `mem_mib` in `slots` slots, one vCPU.
+    pub fn kernel(k: KernelSpec, mem_mib: u64, slots: u32) -> Self {
+        GuestSpec {
+            kernel: Some(k.clone()),
+            ..GuestSpec::new(&shown_name(&k.path), mem_mib, slots)
         }
     }
 
@@ -59,6 +145,7 @@ impl GuestSpec {
             bytes_per_vcpu: self.bytes_per_vcpu,
             dirty_concurrent: self.dirty_concurrent,
             readonly_slot: self.readonly_slot,
+            initrd: self.kernel.as_ref().map_or("", |k| k.initrd_name.as_str()),
         }
     }
 
@@ -144,6 +231,24 @@ impl GuestSpec {
             format!("--cpus {}", self.cpus)
         };
         checks::cores(backend, &what, cores).map_err(anyhow::Error::msg)?;
+        if self.kernel.is_some() {
+            if self.cpus > 1 {
+                bail!(
+                    "--cpus {}: a kernel run has one vCPU for now (the others would start \
+                     with INIT-SIPI, which comes in the next issue)",
+                    self.cpus
+                );
+            }
+            let mib = self.mem_mib;
+            let (min, max) = (board::MIN_MEM >> 20, board::PCI_HOLE >> 20);
+            if mib < min || mib > max {
+                bail!(
+                    "--mem {mib}: a kernel run has {min} to {max} MiB (RAM ends below the PCI \
+                     hole at {:#x}; RAM above 4 GiB is not offered)",
+                    board::PCI_HOLE
+                );
+            }
+        }
         Ok(())
     }
 }

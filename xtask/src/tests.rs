@@ -5,12 +5,13 @@
 use crate::artifacts::{self, Firmware};
 use crate::cli::TestArgs;
 use crate::emu::{self, Backend, RunSpec, Verdict};
-use crate::spec::GuestSpec;
+use crate::spec::{GuestSpec, KernelSpec, KERNEL_DEFAULT_MIB};
 use crate::summary::summary_of;
 use crate::{nospec, setup, workspace};
 use anyhow::{Context, Result};
 use hypervisor::report::schema::Summary;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,113 @@ pub struct Case {
     pub absent: Vec<String>,
     /// Extra check on the whole log (e.g. counts in the summary).
     pub check: Option<LogCheck>,
+    /// A kernel run: where the kernel file comes from (`guest` is then a
+    /// kernel spec whose files are made before the image).
+    pub kernel: Option<TestKernel>,
+}
+
+/// The kernel file of a kernel-run case.
+#[derive(Clone, Copy, Debug)]
+pub enum TestKernel {
+    /// A program of guest/src/bin (`mbkernel`), booted with `--append`
+    /// plus the values it checks (expect_mem, the initrd's length and
+    /// hash) and [`test_initrd`] as `--initrd`.
+    Built {
+        program: &'static str,
+        append: &'static str,
+    },
+    /// A file made by this function (the negative cases).
+    Bytes(fn() -> Vec<u8>),
+}
+
+/// The `--initrd` of kernel tests: 5000 bytes that are not all alike.
+pub fn test_initrd() -> Vec<u8> {
+    (0u32..5000)
+        .map(|i| (i.wrapping_mul(31) ^ (i >> 8)) as u8)
+        .collect()
+}
+
+/// FNV-1a, 32 bits (mbkernel's module hash).
+pub fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A multiboot ELF32 kernel with one PT_LOAD of `filesz` file bytes at
+/// `paddr`, cut to `file_len` bytes (`None`: whole).
+fn elf32_multiboot(paddr: u32, filesz: u32, file_len: Option<usize>) -> Vec<u8> {
+    let mut e = vec![0u8; 0x200];
+    e[..7].copy_from_slice(b"\x7fELF\x01\x01\x01");
+    let w16 = |e: &mut Vec<u8>, at: usize, v: u16| e[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let w32 = |e: &mut Vec<u8>, at: usize, v: u32| e[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    w16(&mut e, 16, 2); // ET_EXEC
+    w16(&mut e, 18, 3); // EM_386
+    w32(&mut e, 20, 1);
+    w32(&mut e, 24, paddr); // e_entry
+    w32(&mut e, 28, 52); // e_phoff
+    w16(&mut e, 40, 52);
+    w16(&mut e, 42, 32);
+    w16(&mut e, 44, 1);
+    w16(&mut e, 46, 40);
+    for (i, v) in [1, 0x100, paddr, paddr, filesz, filesz, 5, 0x1000]
+        .into_iter()
+        .enumerate()
+    {
+        w32(&mut e, 52 + 4 * i, v);
+    }
+    // The multiboot header (page-align, memory info; no address fields).
+    let (magic, flags) = (0x1bad_b002u32, 3u32);
+    w32(&mut e, 0xc0, magic);
+    w32(&mut e, 0xc4, flags);
+    w32(&mut e, 0xc8, 0u32.wrapping_sub(magic).wrapping_sub(flags));
+    e.resize(0x100 + filesz as usize, 0xf4); // hlt
+    if let Some(n) = file_len {
+        e.truncate(n);
+    }
+    e
+}
+
+fn not_a_kernel() -> Vec<u8> {
+    b"#!/bin/sh\necho this is a shell script, not a kernel\n".repeat(200)
+}
+
+fn truncated_elf() -> Vec<u8> {
+    elf32_multiboot(0x10_0000, 0x1000, Some(0x800))
+}
+
+fn load_outside_ram() -> Vec<u8> {
+    // 1 GiB, far above the 128 MiB of RAM.
+    elf32_multiboot(0x4000_0000, 0x100, None)
+}
+
+impl TestKernel {
+    /// Makes the kernel's files in `dir` and returns `g` pointing at them.
+    fn materialize(&self, root: &Path, dir: &Path, mut g: GuestSpec) -> Result<GuestSpec> {
+        let k = match *self {
+            TestKernel::Built { program, append } => {
+                let path = artifacts::build_guest(root, program)?;
+                let initrd = test_initrd();
+                let initrd_path = dir.join("initrd.bin");
+                std::fs::write(&initrd_path, &initrd)?;
+                let append = format!(
+                    "{append} expect_mem={} initrd_len={} initrd_sum={:#x}",
+                    g.mem_mib,
+                    initrd.len(),
+                    fnv1a(&initrd)
+                );
+                KernelSpec::new(path, append, Some(initrd_path))
+            }
+            TestKernel::Bytes(make) => {
+                let path = dir.join(&g.guest);
+                std::fs::write(&path, make())?;
+                KernelSpec::new(path, String::new(), None)
+            }
+        };
+        k.check_files()?;
+        g.kernel = Some(k);
+        Ok(g)
+    }
 }
 
 fn guest(name: &str, mem_mib: u64, slots: u32) -> GuestSpec {
@@ -161,6 +269,17 @@ impl Case {
             contains: Vec::new(),
             absent: strings(&["PANIC", "EXCEPTION"]),
             check: None,
+            kernel: None,
+        }
+    }
+
+    /// A kernel run in Bochs: `file` names the kernel file in the log.
+    fn kernel(name: &str, file: &str, kernel: TestKernel, verdict: Verdict) -> Case {
+        let k = KernelSpec::new(PathBuf::from(file), String::new(), None);
+        Case {
+            kernel: Some(kernel),
+            timeout: 240,
+            ..Case::bochs(name, GuestSpec::kernel(k, KERNEL_DEFAULT_MIB, 1), verdict)
         }
     }
 
@@ -288,6 +407,63 @@ pub fn cases() -> Vec<Case> {
                 .check(check),
         );
     }
+    // The project's multiboot kernel on the three CPU models. It ends with
+    // `cli; hlt` after its isa-debug-exit write (port 0xF4): until that
+    // port ends the VM with the guest's code, the halt is contained and the
+    // run's verdict is a failure; the kernel's own result line is what
+    // these cases judge.
+    for model in ["corei7_skylake_x", "tigerlake", "corei7_haswell_4770"] {
+        let mut c = Case::kernel(
+            &format!("bochs-{model}-multiboot"),
+            "mbkernel",
+            TestKernel::Built {
+                program: "mbkernel",
+                append: "some words",
+            },
+            Failure,
+        )
+        .contains(&[
+            "multiboot: kernel at [0x100000,",
+            "[vcpu0] mbkernel: in 64-bit mode",
+            "mbkernel: cmdline \"mbkernel some words expect_mem=128 ",
+            "mbkernel: module 0 [",
+            "mbkernel: ok entry",
+            "mbkernel: ok module",
+            "mbkernel: ok modeswitch",
+            "mbkernel: RESULT PASS (7 checks)",
+        ])
+        .absent(&["mbkernel: FAIL", "mbkernel: skip", "VM entry failed"]);
+        c.cpu_model = Some(model);
+        v.push(c);
+    }
+    for (name, make, says) in [
+        (
+            "not-a-kernel",
+            not_a_kernel as fn() -> Vec<u8>,
+            "kernel: not a kernel this hypervisor boots: no multiboot header in the first 8 KiB",
+        ),
+        (
+            "truncated-elf",
+            truncated_elf,
+            "kernel: multiboot kernel is truncated: a PT_LOAD segment ends at file offset 0x1100",
+        ),
+        (
+            "load-outside-ram",
+            load_outside_ram,
+            "kernel: multiboot kernel loads [0x40000000, 0x40000100) outside usable RAM",
+        ),
+    ] {
+        v.push(
+            Case::kernel(
+                &format!("bochs-kernel-refused-{name}"),
+                &format!("{name}.bin"),
+                TestKernel::Bytes(make),
+                Failure,
+            )
+            .contains(&[says, "could not build the VM", "HV RESULT: FAILURE"])
+            .absent(&["VMLAUNCH", "[vcpu0]"]),
+        );
+    }
     let refusal = "VMX is not available on this CPU:";
     v.push(
         Case::qemu("qemu-tcg-bios-refuses", Firmware::Bios)
@@ -376,16 +552,29 @@ pub fn cmd_test(a: &TestArgs) -> Result<i32> {
         if !kernels.contains_key(c.features) {
             kernels.insert(c.features, artifacts::build_kernel(&root, c.features)?);
         }
+        let dir = base.join(&c.name);
+        std::fs::create_dir_all(&dir)?;
+        let mut g = c.guest.clone();
+        g.cpus = c.cpus;
+        if let Some(k) = &c.kernel {
+            let g = k.materialize(&root, &dir, g)?;
+            let input = artifacts::GuestInput::Kernel(g.kernel.as_ref().expect("materialized"));
+            artifacts::make_images_for(
+                &loader,
+                &kernels[c.features],
+                &input,
+                &g.config(true),
+                &dir,
+                &[c.firmware],
+            )?;
+            continue;
+        }
         if !guests.contains_key(&c.guest.guest) {
             guests.insert(
                 c.guest.guest.clone(),
                 artifacts::build_guest(&root, &c.guest.guest)?,
             );
         }
-        let dir = base.join(&c.name);
-        std::fs::create_dir_all(&dir)?;
-        let mut g = c.guest.clone();
-        g.cpus = c.cpus;
         artifacts::make_images(
             &loader,
             &kernels[c.features],
@@ -571,6 +760,32 @@ mod unit {
     }
 
     #[test]
+    fn negative_kernels_are_what_their_names_say() {
+        use hypervisor::boot::format::{detect, KernelFormat};
+        use hypervisor::boot::multiboot::{plan, MultibootError};
+        use hypervisor::machine::board::Board;
+        let board = Board::new(KERNEL_DEFAULT_MIB << 20).unwrap();
+        assert!(detect(&not_a_kernel()).is_err());
+        let h = |k: &[u8]| match detect(k) {
+            Ok(KernelFormat::Multiboot(h)) => h,
+            other => panic!("{other:?}"),
+        };
+        let t = truncated_elf();
+        let e = plan(&t, &h(&t), &board).unwrap_err();
+        assert!(
+            matches!(e, MultibootError::Truncated { end: 0x1100, .. }),
+            "{e}"
+        );
+        let o = load_outside_ram();
+        let e = plan(&o, &h(&o), &board).unwrap_err();
+        assert!(matches!(e, MultibootError::OutsideRam { .. }), "{e}");
+        // And the generator makes a good kernel when asked to.
+        let g = elf32_multiboot(0x10_0000, 0x100, None);
+        assert!(plan(&g, &h(&g), &board).is_ok());
+        assert_eq!(fnv1a(b"a"), 0xe40c_292c);
+    }
+
+    #[test]
     fn judge_reports_every_problem() {
         let c = &cases()[0];
         let bad = judge(c, Verdict::Failure, "nothing");
@@ -581,7 +796,11 @@ mod unit {
     fn every_case_passes_the_up_front_checks() {
         let names = artifacts::guest_names(&workspace::root().unwrap()).unwrap();
         for c in cases() {
-            assert!(names.contains(&c.guest.guest), "{}", c.name);
+            assert!(
+                c.kernel.is_some() || names.contains(&c.guest.guest),
+                "{}",
+                c.name
+            );
             let mut g = c.guest.clone();
             g.cpus = c.cpus;
             g.check(Some(c.backend))

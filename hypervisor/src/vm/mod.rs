@@ -7,10 +7,13 @@ pub mod requests;
 
 use crate::boot::abi::{BootInfo, BOOT_INFO_MAGIC};
 use crate::boot::elf;
+use crate::boot::format::{self, KernelFormat};
+use crate::boot::multiboot::{self, BootParams};
 use crate::boot::native::{self, Layout};
 use crate::config::RunConfig;
 use crate::devices::serial::{self, Serial};
 use crate::devices::{MmioBus, PioBus, SerialSink};
+use crate::machine::board::Board;
 use crate::machine::cpuid::CpuidPolicy;
 use crate::mm::dirty::DirtyBitmap;
 use crate::mm::ept::Ept;
@@ -19,7 +22,7 @@ use crate::mm::guest_mem::GuestMem;
 use crate::mm::memslot::{CacheMode, LookupStats, Memslot, Memslots, SlotFlags, MAX_SLOTS};
 use crate::mm::HostMemory;
 use crate::vmx::caps::{EptVpidCap, VmxCaps};
-use crate::vmx::controls::Controls;
+use crate::vmx::controls::{Controls, SecondaryProcBased};
 use crate::x86::state::GuestState;
 use alloc::boxed::Box;
 use alloc::format;
@@ -118,6 +121,11 @@ pub struct Vm<M: HostMemory> {
     pub com1: Arc<Mutex<Serial>>,
     pub layout: Layout,
     pub entry: u64,
+    /// A kernel run (`--kernel`): vCPU 0's entry state, set by the kernel's
+    /// boot protocol. `None` for the project's own guests.
+    pub kernel_state: Option<GuestState>,
+    /// Where a kernel run's kernel, module and multiboot information went.
+    pub kernel_loaded: Option<multiboot::Loaded>,
     pub vcpus: u32,
     pub caps: VmxCaps,
     pub controls: Controls,
@@ -141,6 +149,24 @@ fn all_ones_frame(mem: &impl HostMemory) -> Result<u64, String> {
     Ok(f)
 }
 
+/// What the guest runs.
+#[derive(Debug, Clone, Copy)]
+pub enum GuestImage<'a> {
+    /// One of the project's own 64-bit guests (`--guest`): the native ABI.
+    Native(&'a [u8]),
+    /// A kernel file (`--kernel`), its command line (`--append`) and
+    /// module 0 (`--initrd`, empty = none), booted by its own protocol.
+    Kernel {
+        image: &'a [u8],
+        append: &'a str,
+        initrd: &'a [u8],
+    },
+}
+
+/// Why a kernel run cannot be built: the first line an xtask test matches.
+pub const NEEDS_UNRESTRICTED: &str =
+    "multiboot kernels need VMX unrestricted guest; this CPU does not offer it";
+
 /// What a VM is built from, besides its host memory.
 pub struct VmParts {
     pub config: RunConfig<'static>,
@@ -155,10 +181,83 @@ pub struct VmParts {
     pub kick: &'static (dyn Fn(u32) + Sync),
 }
 
+/// Loads a kernel file into guest RAM laid out as the board map says and
+/// returns the layout the report shows (all of RAM is the guest's) and
+/// vCPU 0's entry state.
+fn load_kernel<M: HostMemory>(
+    config: &RunConfig,
+    mem_bytes: u64,
+    image: &[u8],
+    append: &str,
+    initrd: &[u8],
+    gm: &mut GuestMem<'_, M>,
+) -> Result<(Layout, GuestState, multiboot::Loaded), String> {
+    let board = Board::new(mem_bytes).map_err(|e| format!("kernel run: {e}"))?;
+    let header = match format::detect(image).map_err(|e| format!("kernel: {e}"))? {
+        KernelFormat::Multiboot(h) => h,
+        KernelFormat::LinuxBzImage { version } => {
+            return Err(format!(
+                "kernel: {}",
+                format::FormatError::LinuxNotYet { version }
+            ))
+        }
+    };
+    // QEMU's command line: the kernel's name, then -append's text.
+    let cmdline = if append.is_empty() {
+        String::from(config.guest)
+    } else {
+        format!("{} {append}", config.guest)
+    };
+    let module_name = if config.initrd.is_empty() {
+        "initrd"
+    } else {
+        config.initrd
+    };
+    let params = BootParams {
+        cmdline: &cmdline,
+        module: (!initrd.is_empty()).then_some((initrd, module_name)),
+    };
+    let (loaded, state) =
+        multiboot::load(image, &header, &board, &params, gm).map_err(|e| format!("kernel: {e}"))?;
+    let layout = Layout {
+        mem_bytes,
+        stacks_start: mem_bytes,
+        free_start: mem_bytes,
+        vcpus: 1,
+    };
+    Ok((layout, state, loaded))
+}
+
 impl<M: HostMemory> Vm<M> {
     /// Builds the VM: slots, guest RAM, the guest image, page tables, boot
     /// info for `vcpus` vCPUs, and an empty EPT.
     pub fn build(mem: M, parts: VmParts, guest_elf: &[u8]) -> Result<Self, String> {
+        Self::build_image(mem, parts, GuestImage::Native(guest_elf))
+    }
+
+    /// Builds the VM for `image`: a native guest as in [`Self::build`], or
+    /// a kernel loaded by its boot protocol into RAM laid out as the board
+    /// map says (one vCPU: the others come with INIT-SIPI).
+    pub fn build_image(mem: M, parts: VmParts, image: GuestImage) -> Result<Self, String> {
+        if let GuestImage::Kernel { .. } = image {
+            if !parts
+                .controls
+                .secondary()
+                .contains(SecondaryProcBased::UNRESTRICTED_GUEST)
+            {
+                return Err(NEEDS_UNRESTRICTED.into());
+            }
+            if parts.vcpus != 1 {
+                return Err(format!(
+                    "a kernel run has one vCPU for now ({} asked): the others would start \
+                     with INIT-SIPI, which comes in the next issue",
+                    parts.vcpus
+                ));
+            }
+            if parts.config.iterations > 0 {
+                return Err("a kernel run is not a dirty-log run".into());
+            }
+        }
         let VmParts {
             config,
             caps,
@@ -254,55 +353,69 @@ impl<M: HostMemory> Vm<M> {
         // Guest RAM starts zeroed: no host data may leak into the guest.
         gm.zero(0, mem_bytes)
             .map_err(|gpa| format!("zeroing guest memory failed at {gpa:#x}"))?;
-        let image = elf::load(guest_elf, mem_bytes, native::IMAGE_MIN, &mut gm)
-            .map_err(|e| format!("guest image: {e}"))?;
-        let layout =
-            Layout::new(mem_bytes, image.end, vcpus).map_err(|e| format!("guest layout: {e}"))?;
-        if dirty_run && layout.free_start > test_base {
-            return Err(format!(
-                "base memory of {} MiB is too small: image, tables and stacks need {:#x} bytes",
-                config.mem_mib, layout.free_start
-            ));
-        }
-        for (gpa, value) in layout.page_table_entries() {
-            gm.write(gpa, &value.to_le_bytes())
-                .map_err(|gpa| format!("writing guest page tables at {gpa:#x}"))?;
-        }
-        for (i, d) in native::GDT.iter().enumerate() {
-            gm.write(native::GDT_GPA + 8 * i as u64, &d.to_le_bytes())
-                .map_err(|_| "writing the guest GDT")?;
-        }
-        for id in 0..vcpus {
-            let (region_start, region_bytes) = if dirty_run {
-                (
-                    test_base + u64::from(id) * config.bytes_per_vcpu,
-                    config.bytes_per_vcpu,
-                )
-            } else {
-                (0, 0)
-            };
-            let info = BootInfo {
-                magic: BOOT_INFO_MAGIC,
-                mem_bytes,
-                free_start: layout.free_start,
-                vcpu_id: id,
-                vcpu_count: vcpus,
-                region_start,
-                region_bytes,
-                // The controller says when to stop (HC_ITERATION_DONE).
-                iterations: 0,
-                _reserved: 0,
-            };
-            // SAFETY: BootInfo is plain old data (repr(C), integers only).
-            let bytes = unsafe {
-                core::slice::from_raw_parts(
-                    (&info as *const BootInfo).cast::<u8>(),
-                    core::mem::size_of::<BootInfo>(),
-                )
-            };
-            gm.write(layout.boot_info_gpa(id), bytes)
-                .map_err(|_| "writing boot info")?;
-        }
+        let (layout, entry, kernel_state, kernel_loaded) = match image {
+            GuestImage::Native(guest_elf) => {
+                let image = elf::load(guest_elf, mem_bytes, native::IMAGE_MIN, &mut gm)
+                    .map_err(|e| format!("guest image: {e}"))?;
+                let layout = Layout::new(mem_bytes, image.end, vcpus)
+                    .map_err(|e| format!("guest layout: {e}"))?;
+                if dirty_run && layout.free_start > test_base {
+                    return Err(format!(
+                    "base memory of {} MiB is too small: image, tables and stacks need {:#x} bytes",
+                    config.mem_mib, layout.free_start
+                ));
+                }
+                for (gpa, value) in layout.page_table_entries() {
+                    gm.write(gpa, &value.to_le_bytes())
+                        .map_err(|gpa| format!("writing guest page tables at {gpa:#x}"))?;
+                }
+                for (i, d) in native::GDT.iter().enumerate() {
+                    gm.write(native::GDT_GPA + 8 * i as u64, &d.to_le_bytes())
+                        .map_err(|_| "writing the guest GDT")?;
+                }
+                for id in 0..vcpus {
+                    let (region_start, region_bytes) = if dirty_run {
+                        (
+                            test_base + u64::from(id) * config.bytes_per_vcpu,
+                            config.bytes_per_vcpu,
+                        )
+                    } else {
+                        (0, 0)
+                    };
+                    let info = BootInfo {
+                        magic: BOOT_INFO_MAGIC,
+                        mem_bytes,
+                        free_start: layout.free_start,
+                        vcpu_id: id,
+                        vcpu_count: vcpus,
+                        region_start,
+                        region_bytes,
+                        // The controller says when to stop (HC_ITERATION_DONE).
+                        iterations: 0,
+                        _reserved: 0,
+                    };
+                    // SAFETY: BootInfo is plain old data (repr(C), integers only).
+                    let bytes = unsafe {
+                        core::slice::from_raw_parts(
+                            (&info as *const BootInfo).cast::<u8>(),
+                            core::mem::size_of::<BootInfo>(),
+                        )
+                    };
+                    gm.write(layout.boot_info_gpa(id), bytes)
+                        .map_err(|_| "writing boot info")?;
+                }
+                (layout, image.entry, None, None)
+            }
+            GuestImage::Kernel {
+                image,
+                append,
+                initrd,
+            } => {
+                let (layout, state, loaded) =
+                    load_kernel(&config, mem_bytes, image, append, initrd, &mut gm)?;
+                (layout, state.rip, Some(state), Some(loaded))
+            }
+        };
         let ept = Ept::new(mem.clone()).map_err(|e| format!("EPT: {e}"))?;
         let ept_caps = caps.ept_caps();
         let com1 = Arc::new(Mutex::new(Serial::new(Box::new(SerialOut(out)))));
@@ -324,7 +437,9 @@ impl<M: HostMemory> Vm<M> {
             mmio: MmioBus::new(),
             com1,
             layout,
-            entry: image.entry,
+            entry,
+            kernel_state,
+            kernel_loaded,
             vcpus,
             caps,
             controls,
@@ -339,7 +454,10 @@ impl<M: HostMemory> Vm<M> {
 
     /// The initial state of vCPU `id`.
     pub fn initial_state(&self, id: u32) -> GuestState {
-        native::initial_state(self.entry, &self.layout, id)
+        match self.kernel_state {
+            Some(s) => s,
+            None => native::initial_state(self.entry, &self.layout, id),
+        }
     }
 
     pub fn guest_mem(&self) -> GuestMem<'_, M> {
@@ -375,5 +493,127 @@ impl<M: HostMemory> Vm<M> {
 
     pub fn mem_pages(&self) -> u64 {
         self.layout.mem_bytes / FRAME
+    }
+}
+
+#[cfg(test)]
+mod kernel_tests {
+    use super::*;
+    use crate::boot::multiboot::{BOOTLOADER_MAGIC, HEADER_MAGIC};
+    use crate::machine::cpuid::Provided;
+    use crate::mm::guest_mem::test_host;
+    use crate::vmx::caps::skylake_for_tests;
+
+    struct Quiet;
+    impl GuestOutput for Quiet {
+        fn line(&self, _: Option<u32>, _: &str) {}
+        fn serial_line(&self, _: &str) {}
+    }
+    static QUIET: Quiet = Quiet;
+    fn no_kick(_: u32) {}
+    fn host_cpu(_: u32, _: u32) -> [u32; 4] {
+        [0; 4]
+    }
+
+    fn parts(mem_mib: u64, vcpus: u32) -> VmParts {
+        let (caps, controls) = skylake_for_tests();
+        VmParts {
+            config: RunConfig {
+                guest: "k.bin",
+                mem_mib,
+                initrd: "rd",
+                ..RunConfig::default()
+            },
+            caps,
+            controls,
+            vcpus,
+            out: &QUIET,
+            workload: None,
+            cpuid: CpuidPolicy::new(host_cpu, vcpus, Provided::default()),
+            kick: &no_kick,
+        }
+    }
+
+    /// An a.out-kludge kernel at 1 MiB: header, then `hlt`s.
+    fn kernel() -> Vec<u8> {
+        let flags = 1u32 << 16 | 3;
+        let mut k = Vec::new();
+        for v in [
+            HEADER_MAGIC,
+            flags,
+            0u32.wrapping_sub(HEADER_MAGIC).wrapping_sub(flags),
+            0x10_0000,
+            0x10_0000,
+            0x10_1000,
+            0x10_2000,
+            0x10_0020,
+        ] {
+            k.extend(v.to_le_bytes());
+        }
+        k.resize(0x1000, 0xf4);
+        k
+    }
+
+    #[test]
+    fn a_kernel_run_starts_vcpu0_at_the_multiboot_entry() {
+        let k = kernel();
+        let image = GuestImage::Kernel {
+            image: &k,
+            append: "some words",
+            initrd: b"module",
+        };
+        let vm = Vm::build_image(test_host::memory(), parts(16, 1), image).unwrap();
+        let s = vm.initial_state(0);
+        assert_eq!(s.rip, 0x10_0020);
+        assert_eq!(s.gprs.rax, u64::from(BOOTLOADER_MAGIC));
+        assert!(!s.ia32e());
+        let l = vm.kernel_loaded.unwrap();
+        assert_eq!(l.kernel, (0x10_0000, 0x10_2000));
+        assert_eq!(l.module, Some((0x10_2000, 0x10_2006)));
+        let mut gm = vm.guest_mem();
+        let mut b = [0u8; 6];
+        gm.read(0x10_2000, &mut b).unwrap();
+        assert_eq!(&b, b"module");
+        let mut word = [0u8; 4];
+        gm.read(s.gprs.rbx + 16, &mut word).unwrap();
+        let mut line = [0u8; 16];
+        gm.read(u32::from_le_bytes(word).into(), &mut line).unwrap();
+        assert_eq!(&line, b"k.bin some words");
+        // bss zeroed, RAM above it too.
+        gm.read(0x10_1800, &mut b).unwrap();
+        assert_eq!(b, [0; 6]);
+    }
+
+    #[test]
+    fn kernel_runs_are_refused_clearly() {
+        let k = kernel();
+        let image = GuestImage::Kernel {
+            image: &k,
+            append: "",
+            initrd: b"",
+        };
+        let err = |p: VmParts, i: GuestImage| match Vm::build_image(test_host::memory(), p, i) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e,
+        };
+        assert!(err(parts(16, 2), image).contains("one vCPU"));
+        let mut p = parts(16, 1);
+        p.controls.proc2 &= !SecondaryProcBased::UNRESTRICTED_GUEST.bits();
+        assert_eq!(err(p, image), NEEDS_UNRESTRICTED);
+        assert!(err(parts(1, 1), image).contains("at least 2 MiB"));
+        let text = b"not a kernel at all".repeat(10);
+        let e = err(
+            parts(16, 1),
+            GuestImage::Kernel {
+                image: &text,
+                append: "",
+                initrd: b"",
+            },
+        );
+        assert!(e.starts_with("kernel: not a kernel"), "{e}");
+        // The native path is untouched.
+        let elf = crate::boot::elf::guest_elf_for_tests();
+        let vm = Vm::build(test_host::memory(), parts(16, 2), &elf).unwrap();
+        assert!(vm.kernel_state.is_none() && vm.initial_state(0).ia32e());
     }
 }
