@@ -1,4 +1,7 @@
-//! The machine the guest sees: its CPU as CPUID describes it (`cpuid`).
-//! Pure; the host's own CPUID comes in as a function.
+//! The machine the guest sees: its CPU as CPUID describes it (`cpuid`), its
+//! devices as QEMU's `pc` machine places them (`pc`) and the ACPI tables
+//! that describe them (`acpi`). Pure; the host's own CPUID comes in as a
+//! function.
 
 pub mod cpuid;
+pub mod pc;

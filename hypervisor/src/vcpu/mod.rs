@@ -47,6 +47,13 @@ pub enum Stop {
     Contained { what: &'static str, detail: String },
     /// The hypervisor could not go on with this vCPU (a bug, or no memory).
     Fatal(String),
+    /// The guest wrote `code` to isa-debug-exit (0 = pass); the VM ended.
+    GuestExit { code: u32 },
+    /// The guest reset the machine (`cause`: the port, or a triple fault);
+    /// the VM ended.
+    Reset { cause: String },
+    /// The guest powered the machine off (ACPI S5); the VM ended.
+    PowerOff,
 }
 
 impl fmt::Display for Stop {
@@ -55,6 +62,9 @@ impl fmt::Display for Stop {
             Stop::Shutdown { status } => write!(f, "shutdown, status {status}"),
             Stop::Contained { what, detail } => write!(f, "CONTAINED: {what}: {detail}"),
             Stop::Fatal(s) => write!(f, "FATAL: {s}"),
+            Stop::GuestExit { code } => write!(f, "guest exit code {code} ({code:#x})"),
+            Stop::Reset { cause } => write!(f, "guest requested reset ({cause})"),
+            Stop::PowerOff => write!(f, "guest powered off (ACPI S5)"),
         }
     }
 }
@@ -113,10 +123,13 @@ pub struct VcpuReport {
 }
 
 impl VcpuReport {
-    /// Success: the guest shut down with status 0 and reported no failure.
+    /// Success: the guest shut down with status 0 (hypercall,
+    /// isa-debug-exit or ACPI power-off) and reported no failure.
     pub fn ok(&self) -> bool {
-        matches!(self.stop, Stop::Shutdown { status: 0 })
-            && self.guest_report.is_none_or(|(s, _)| s == 0)
+        matches!(
+            self.stop,
+            Stop::Shutdown { status: 0 } | Stop::GuestExit { code: 0 } | Stop::PowerOff
+        ) && self.guest_report.is_none_or(|(s, _)| s == 0)
     }
 }
 
