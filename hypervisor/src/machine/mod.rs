@@ -3,5 +3,6 @@
 //! that describe them (`acpi`). Pure; the host's own CPUID comes in as a
 //! function.
 
+pub mod acpi;
 pub mod cpuid;
 pub mod pc;
