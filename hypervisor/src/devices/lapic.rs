@@ -403,7 +403,8 @@ impl Lapic {
     /// When the timer next expires, in the clock's nanoseconds (for the
     /// next issue to arm a host timer), if it runs.
     pub fn timer_deadline_ns(&self) -> Option<u64> {
-        if self.timer_initial == 0 {
+        // Stopped, or a one-shot that ran out before a divide change.
+        if self.timer_initial == 0 || self.timer_base_count == 0 {
             return None;
         }
         let shift = self.timer_shift();
@@ -848,6 +849,10 @@ mod tests {
         assert_eq!(l.timer_deadline_ns(), None);
         clock.advance(1 << 30);
         assert_eq!(rd(&mut l, reg::TIMER_CURRENT), 0);
+        // A divide change after expiry does not bring it back.
+        wr(&mut l, reg::TIMER_DIVIDE, 0x1);
+        assert_eq!(l.timer_deadline_ns(), None);
+        assert!(!l.poll_timer());
         // Writing 0 stops it.
         wr(&mut l, reg::TIMER_INITIAL, 0);
         assert_eq!(l.timer_deadline_ns(), None);
