@@ -221,6 +221,7 @@ mod kernel {
             workload: dirty.then_some(&dirtylog::WORKLOAD as _),
             cpuid: CpuidPolicy::new(arch::cpuid, vcpus, provided),
             kick: &kick_vcpu,
+            clock: alloc::sync::Arc::new(arch::TscClock::new()),
         };
         let vm = VM.try_call_once(|| {
             let image = if kernel_run {

@@ -167,7 +167,12 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
             ));
         }
         match exits::dispatch(v, reason) {
-            Ok(Action::Resume) => {}
+            // A device ended the VM (another vCPU's port write, a reset).
+            Ok(Action::Resume) => {
+                if let Some(stop) = exits::platform_stop(vm) {
+                    break stop;
+                }
+            }
             Err(stop) => break stop,
         }
     };

@@ -129,7 +129,14 @@ fn cmd_run(a: &RunArgs) -> Result<i32> {
         }
         Verdict::Failure => {
             eprintln!("xtask: the hypervisor reported FAILURE ({secs:.1} s); log: {log}");
-            Ok(1)
+            let code = summary::summary_of(&out.log).ok().and_then(|s| s.exit_code);
+            if let Some(code) = code {
+                eprintln!(
+                    "xtask: the guest's exit code (isa-debug-exit) is {code}; under QEMU its status would be {}",
+                    (u64::from(code) << 1) | 1
+                );
+            }
+            Ok(summary::exit_status(code))
         }
         Verdict::Timeout => {
             eprintln!(

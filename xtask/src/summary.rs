@@ -31,9 +31,42 @@ pub fn summary_of(log: &str) -> Result<Summary> {
     parse_summary(line)
 }
 
+/// `cargo xtask run`'s exit status for a failed run whose guest wrote
+/// `code` to isa-debug-exit (the README's "Exit codes"): the code itself
+/// when it fits (1-254; 1, 2 and 3 then read like xtask's own failure,
+/// timeout and no-result statuses, and the message on stderr tells them
+/// apart), 255 for 255 and above, 1 (failure) without a code. A passing run
+/// (code 0) exits 0 before this is asked.
+pub fn exit_status(code: Option<u32>) -> i32 {
+    match code {
+        None | Some(0) => 1,
+        Some(c) => c.min(255) as i32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_exit_codes_map_to_exit_statuses() {
+        assert_eq!(exit_status(None), 1);
+        assert_eq!(
+            exit_status(Some(0)),
+            1,
+            "code 0 with a failure is a failure"
+        );
+        assert_eq!(exit_status(Some(7)), 7);
+        assert_eq!(exit_status(Some(254)), 254);
+        assert_eq!(exit_status(Some(255)), 255);
+        assert_eq!(exit_status(Some(0x1_0000)), 255);
+    }
+
+    #[test]
+    fn the_exit_code_is_read_back() {
+        let smoke = r#"{"guest":"k","mem_mib":16,"mem_pages":4096,"slots":1,"cache":"vcpu","vcpus":1,"tsc_hz":0,"result":"failure","exit_code":3,"ept":{"leaves_4k":11},"vcpu":[{"id":0,"status":"guest exit code 3 (0x3)","exits":{},"ept_mapped":11,"ept_spurious":0,"dirty_faults":0,"lookups":{"vcpu_hit":11,"vm_hit":0,"search":0,"miss":0},"cycles":5}]}"#;
+        assert_eq!(parse_summary(smoke).unwrap().exit_code, Some(3));
+    }
 
     #[test]
     fn the_last_summary_line_is_read_and_errors_name_the_field() {

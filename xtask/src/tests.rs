@@ -696,6 +696,7 @@ mod unit {
             vcpus: vcpus.len() as u32,
             tsc_hz: 0,
             result: RunResult::Success,
+            exit_code: None,
             ept: EptSummary { leaves_4k: leaves },
             vcpu: vcpus,
             dirty_log: None,

@@ -345,7 +345,12 @@ macro_rules! ensure {
 /// EAX = 0x2BADB002 and EBX = the information structure (multiboot 3.2).
 fn check_entry_magic(c: &Ctx, why: &mut Msg) -> bool {
     ensure!(why, c.magic == 0x2bad_b002, "EAX was {:#x}", c.magic);
-    ensure!(why, c.info != 0 && c.info.is_multiple_of(4), "EBX was {:#x}", c.info);
+    ensure!(
+        why,
+        c.info != 0 && c.info.is_multiple_of(4),
+        "EBX was {:#x}",
+        c.info
+    );
     let f = c.flags();
     let want = INFO_MEMORY | INFO_CMDLINE | INFO_MMAP | INFO_LOADER_NAME;
     ensure!(

@@ -104,3 +104,47 @@ pub fn tsc_hz() -> u64 {
         .and_then(|t| t.tsc_frequency())
         .unwrap_or(0)
 }
+
+/// The device models' time source: the TSC, at its CPUID-reported rate, or
+/// calibrated for 5 ms against the PIT where CPUID does not say (always
+/// under Bochs, whose TSC follows emulated time), or 1 GHz if neither works.
+/// The TSC is invariant on every core the hypervisor runs on.
+pub struct TscClock {
+    start: u64,
+    hz: u64,
+}
+
+impl TscClock {
+    pub fn new() -> Self {
+        let hz = match tsc_hz() {
+            0 => match timer::Clock::detect(None) {
+                Some(clock) => {
+                    let t0 = rdtsc();
+                    clock.delay_us(5_000);
+                    (rdtsc().wrapping_sub(t0) * 200).max(1)
+                }
+                None => 1_000_000_000,
+            },
+            hz => hz,
+        };
+        TscClock { start: rdtsc(), hz }
+    }
+
+    /// The TSC's rate the clock counts with.
+    pub fn hz(&self) -> u64 {
+        self.hz
+    }
+}
+
+impl Default for TscClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl crate::devices::Clock for TscClock {
+    fn now_ns(&self) -> u64 {
+        let ticks = rdtsc().wrapping_sub(self.start);
+        (u128::from(ticks) * 1_000_000_000 / u128::from(self.hz)) as u64
+    }
+}

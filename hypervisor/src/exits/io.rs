@@ -1,6 +1,12 @@
 //! Port I/O (exit reason 30). Every port exits (all-ones I/O bitmaps); the
 //! VM's port-I/O bus routes the access to a device model. Unclaimed ports read
-//! as all ones and ignore writes, like an empty ISA bus.
+//! as all ones and ignore writes, like an empty ISA bus: no guest port ever
+//! reaches the machine the hypervisor runs on (nor an emulator's own ports,
+//! such as Bochs' 0x8900).
+//!
+//! A write can end the VM (isa-debug-exit, a reset port, ACPI power-off):
+//! this vCPU stops after the instruction completes, the others are kicked
+//! and stop on their next exit (`super::platform_stop`).
 
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Stop};
@@ -44,6 +50,16 @@ pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> 
             let value = v.regs.rax as u32 & mask;
             // An unclaimed port ignores the write.
             v.vm.pio.write(port, &value.to_le_bytes()[..size]);
+            if let Some(stop) = super::platform_stop(v.vm) {
+                v.skip_instruction()?;
+                v.vm.requests.kick_others(v.id);
+                return Err(match stop {
+                    Stop::Reset { .. } => Stop::Reset {
+                        cause: format!("write of {value:#x} to port {port:#x}"),
+                    },
+                    other => other,
+                });
+            }
         }
     }
     v.skip_instruction()?;

@@ -27,11 +27,27 @@ mod xsetbv;
 #[cfg(test)]
 mod tests;
 
+use crate::devices::PlatformEvent;
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Hw, Stop, Vcpu};
+use crate::vm::Vm;
 use crate::vmx::exit::ExitReason;
 use crate::vmx::fields::VmcsNatural;
 use alloc::format;
+use alloc::string::String;
+
+/// The stop every vCPU takes once a device ended the VM (isa-debug-exit, a
+/// reset port, ACPI power-off): checked after each exit, so a vCPU sent out
+/// of the guest by a kick stops too. `None` while the VM goes on.
+pub fn platform_stop<M: HostMemory>(vm: &Vm<M>) -> Option<Stop> {
+    Some(match vm.events.pending()? {
+        PlatformEvent::Exit { code } => Stop::GuestExit { code },
+        PlatformEvent::Reset => Stop::Reset {
+            cause: String::from("a reset port: 0xCF9, the 8042 or port 0x92"),
+        },
+        PlatformEvent::PowerOff => Stop::PowerOff,
+    })
+}
 
 pub fn dispatch<H: Hw, M: HostMemory>(
     v: &mut Vcpu<H, M>,

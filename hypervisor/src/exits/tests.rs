@@ -92,6 +92,11 @@ type TestVm = Vm<&'static TestMem>;
 
 /// A 4 MiB, 2-slot VM (slot 1 read-only) with 2 vCPUs, on a Skylake's caps.
 fn vm() -> (&'static TestVm, &'static Lines) {
+    vm_with_kick(&no_kick)
+}
+
+/// The same VM, with `kick` to send a vCPU out of the guest.
+fn vm_with_kick(kick: &'static (dyn Fn(u32) + Sync)) -> (&'static TestVm, &'static Lines) {
     let (caps, controls) = skylake_for_tests();
     let out: &'static Lines = Box::leak(Box::new(Lines(Mutex::new(Vec::new()))));
     let config = RunConfig {
@@ -108,7 +113,8 @@ fn vm() -> (&'static TestVm, &'static Lines) {
         out,
         workload: None,
         cpuid: CpuidPolicy::new(host_cpu, 2, Provided::default()),
-        kick: &no_kick,
+        kick,
+        clock: std::sync::Arc::new(crate::devices::test_support::ManualClock::default()),
     };
     let elf = crate::boot::elf::guest_elf_for_tests();
     let vm = Vm::build(test_host::memory(), parts, &elf).unwrap();
@@ -550,22 +556,125 @@ fn external_interrupt_ends_at_the_host_apic() {
 }
 
 #[test]
-fn triple_fault_resets_and_unknown_exits_are_contained() {
+fn unknown_exits_are_contained() {
     let (vm, _) = vm();
     let mut v = vcpu(vm, 0, 0);
-    assert_eq!(
-        dispatch(&mut v, ExitReason::TripleFault),
-        Err(Stop::Reset {
-            why: "triple fault"
-        })
-    );
     for reason in [ExitReason::TaskSwitch, ExitReason::Getsec] {
-        let mut v = vcpu(vm, 0, 0);
         assert!(matches!(
             dispatch(&mut v, reason),
             Err(Stop::Contained { .. })
         ));
     }
+}
+
+/// A VM whose kicks are recorded (bit n = vCPU n kicked).
+fn vm_recording_kicks() -> (&'static TestVm, &'static std::sync::atomic::AtomicU32) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let kicked: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+    let kick: &'static (dyn Fn(u32) + Sync) = Box::leak(Box::new(move |id: u32| {
+        kicked.fetch_or(1 << id, Ordering::SeqCst);
+    }));
+    (vm_with_kick(kick).0, kicked)
+}
+
+#[test]
+fn triple_fault_is_a_reset_that_stops_every_vcpu() {
+    use std::sync::atomic::Ordering;
+    let (vm, kicked) = vm_recording_kicks();
+    let mut v = vcpu(vm, 1, 0);
+    match dispatch(&mut v, ExitReason::TripleFault) {
+        Err(Stop::Reset { cause }) => assert!(cause.starts_with("triple fault"), "{cause}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        std::format!("{}", Stop::Reset { cause: "x".into() }),
+        "guest requested reset (x)"
+    );
+    assert_eq!(kicked.load(Ordering::SeqCst), 1 << 0, "vCPU 0 kicked");
+    assert!(matches!(super::platform_stop(vm), Some(Stop::Reset { .. })));
+}
+
+#[test]
+fn isa_debug_exit_ends_the_vm_with_the_guests_code() {
+    use std::sync::atomic::Ordering;
+    let (vm, kicked) = vm_recording_kicks();
+    assert_eq!(super::platform_stop(vm), None);
+    let mut v = vcpu(vm, 0, io(0xf4, 4, false, false));
+    v.regs.rax = 0xffff_ffff_0000_0003;
+    assert_eq!(
+        dispatch(&mut v, ExitReason::IoInstruction),
+        Err(Stop::GuestExit { code: 3 })
+    );
+    completed(&v);
+    assert_eq!(
+        kicked.load(Ordering::SeqCst),
+        1 << 1,
+        "the other vCPU kicked"
+    );
+    // The other vCPU stops with the same code on its next exit.
+    assert_eq!(super::platform_stop(vm), Some(Stop::GuestExit { code: 3 }));
+    // A byte write of 0 is a pass.
+    let (vm, _) = self::vm();
+    let mut v = vcpu(vm, 1, io(0xf4, 1, false, false));
+    v.regs.rax = 0x100;
+    assert_eq!(
+        dispatch(&mut v, ExitReason::IoInstruction),
+        Err(Stop::GuestExit { code: 0 })
+    );
+}
+
+#[test]
+fn reset_ports_end_the_vm_with_guest_requested_reset() {
+    for (port, value) in [(0xcf9u16, 0x06u64), (0x64, 0xfe), (0x92, 0x01)] {
+        let (vm, _) = vm();
+        let mut v = vcpu(vm, 0, io(port, 1, false, false));
+        v.regs.rax = value;
+        match dispatch(&mut v, ExitReason::IoInstruction) {
+            Err(Stop::Reset { cause }) => {
+                assert_eq!(cause, std::format!("write of {value:#x} to port {port:#x}"))
+            }
+            other => panic!("port {port:#x}: {other:?}"),
+        }
+    }
+    // Harmless ports: POST, PCI config, the PIC, Bochs' own 0x8900.
+    let (vm, _) = vm();
+    for port in [0x80u16, 0xcf8, 0xcfc, 0x20, 0x21, 0x8900, 0xcf9] {
+        let mut v = vcpu(vm, 0, io(port, 1, false, false));
+        v.regs.rax = 0;
+        resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    }
+    assert_eq!(super::platform_stop(vm), None);
+}
+
+#[test]
+fn pc_devices_answer_through_the_io_exit() {
+    let (vm, _) = vm();
+    // fw_cfg: select the signature, read "QEMU".
+    let mut v = vcpu(vm, 0, io(0x510, 2, false, false));
+    v.regs.rax = 0;
+    resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    let mut sig = Vec::new();
+    for _ in 0..4 {
+        let mut v = vcpu(vm, 0, io(0x511, 1, true, false));
+        resumes(dispatch(&mut v, ExitReason::IoInstruction));
+        sig.push(v.regs.rax as u8);
+    }
+    assert_eq!(sig, b"QEMU");
+    // PCI: no device answers.
+    let mut v = vcpu(vm, 0, io(0xcf8, 4, false, false));
+    v.regs.rax = 0x8000_0000;
+    resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    let mut v = vcpu(vm, 0, io(0xcfc, 4, true, false));
+    resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    assert_eq!(v.regs.rax, 0xffff_ffff);
+    // The PIC's IMR reads back.
+    let mut v = vcpu(vm, 0, io(0xa1, 1, false, false));
+    v.regs.rax = 0xfb;
+    resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    let mut v = vcpu(vm, 0, io(0xa1, 1, true, false));
+    resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    assert_eq!(v.regs.rax & 0xff, 0xfb);
+    assert_eq!(vm.lapics.len(), 2);
 }
 
 // ---- EPT violations (qualification bits 0-2) ----

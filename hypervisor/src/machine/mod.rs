@@ -1,6 +1,9 @@
-//! The machine the guest sees: its CPU as CPUID describes it (`cpuid`) and
-//! the guest-physical board map (`board`). Pure; the host's own CPUID comes
-//! in as a function.
+//! The machine the guest sees: its CPU as CPUID describes it (`cpuid`), the
+//! guest-physical board map (`board`), its devices as QEMU's `pc` machine
+//! places them (`pc`) and the ACPI tables that describe them (`acpi`). Pure;
+//! the host's own CPUID comes in as a function.
 
+pub mod acpi;
 pub mod board;
 pub mod cpuid;
+pub mod pc;

@@ -78,6 +78,7 @@ fn summary(
         } else {
             schema::RunResult::Failure
         },
+        exit_code: vm.events.exit_code(),
         ept: schema::EptSummary {
             leaves_4k: vm.ept.stats().leaves_4k,
         },
@@ -142,6 +143,12 @@ pub fn print(
     }
     if let Some(d) = dirty {
         print_dirty_log(d);
+    }
+    if let Some(code) = vm.events.exit_code() {
+        println!(
+            "guest exit code (isa-debug-exit): {code} ({code:#x}); {}",
+            if code == 0 { "a pass" } else { "a failure" }
+        );
     }
 
     let summary = summary(vm, reports, dirty, tsc_hz, ok);

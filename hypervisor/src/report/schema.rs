@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! SUMMARY {"guest","mem_mib","mem_pages","slots","cache","vcpus","tsc_hz","result",
-//!          "ept":{"leaves_4k"},
+//!          "exit_code"?,"ept":{"leaves_4k"},
 //!          "vcpu":[{"id","status","exits":{reason:count},"ept_mapped","ept_spurious",
 //!                   "dirty_faults","lookups":{..},"cycles","report"?:{"status","value"}}],
 //!          "dirty_log"?:{"pages_per_vcpu","ok","mismatches"?,"rounds"?,
@@ -47,6 +47,11 @@ pub struct Summary {
     /// TSC frequency, 0 when unknown (always under Bochs).
     pub tsc_hz: u64,
     pub result: RunResult,
+    /// The value the guest wrote to isa-debug-exit (port 0xF4), if it did:
+    /// 0 passes, anything else fails. (QEMU's own exit status for it would
+    /// be `(code << 1) | 1`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<u32>,
     pub ept: EptSummary,
     /// One entry per vCPU, in id order.
     pub vcpu: Vec<VcpuSummary>,

@@ -56,21 +56,28 @@ pub enum Action {
 pub enum Stop {
     /// The guest asked to stop (HC_SHUTDOWN) with this status.
     Shutdown { status: u64 },
-    /// The guest asked for a reset (reset ports, triple fault): the VM ends.
-    Reset { why: &'static str },
     /// The guest did something it may not; it was stopped, the host is fine.
     Contained { what: &'static str, detail: String },
     /// The hypervisor could not go on with this vCPU (a bug, or no memory).
     Fatal(String),
+    /// The guest wrote `code` to isa-debug-exit (0 = pass); the VM ended.
+    GuestExit { code: u32 },
+    /// The guest reset the machine (`cause`: the port, or a triple fault);
+    /// the VM ended.
+    Reset { cause: String },
+    /// The guest powered the machine off (ACPI S5); the VM ended.
+    PowerOff,
 }
 
 impl fmt::Display for Stop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Stop::Shutdown { status } => write!(f, "shutdown, status {status}"),
-            Stop::Reset { why } => write!(f, "guest requested reset ({why})"),
             Stop::Contained { what, detail } => write!(f, "CONTAINED: {what}: {detail}"),
             Stop::Fatal(s) => write!(f, "FATAL: {s}"),
+            Stop::GuestExit { code } => write!(f, "guest exit code {code} ({code:#x})"),
+            Stop::Reset { cause } => write!(f, "guest requested reset ({cause})"),
+            Stop::PowerOff => write!(f, "guest powered off (ACPI S5)"),
         }
     }
 }
@@ -129,10 +136,13 @@ pub struct VcpuReport {
 }
 
 impl VcpuReport {
-    /// Success: the guest shut down with status 0 and reported no failure.
+    /// Success: the guest shut down with status 0 (hypercall,
+    /// isa-debug-exit or ACPI power-off) and reported no failure.
     pub fn ok(&self) -> bool {
-        matches!(self.stop, Stop::Shutdown { status: 0 })
-            && self.guest_report.is_none_or(|(s, _)| s == 0)
+        matches!(
+            self.stop,
+            Stop::Shutdown { status: 0 } | Stop::GuestExit { code: 0 } | Stop::PowerOff
+        ) && self.guest_report.is_none_or(|(s, _)| s == 0)
     }
 }
 
@@ -232,9 +242,9 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
             let contributory = |v: u8| matches!(v, 0 | 10 | 11 | 12 | 13);
             let (first, second) = (pending.vector, info.vector);
             if first == vector::DF {
-                return Err(Stop::Reset {
-                    why: "triple fault (an exception while delivering #DF)",
-                });
+                return Err(self.reset(String::from(
+                    "triple fault: an exception while delivering #DF",
+                )));
             }
             if (contributory(first) && contributory(second))
                 || (first == vector::PF && (second == vector::PF || contributory(second)))
@@ -262,6 +272,13 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
             self.vmcs.write32(Vmcs32::VmEntryInstructionLength, len)?;
         }
         Ok(())
+    }
+
+    /// The guest reset the machine (a triple fault): every vCPU stops.
+    pub fn reset(&self, cause: String) -> Stop {
+        self.vm.events.request_reset();
+        self.vm.requests.kick_others(self.id);
+        Stop::Reset { cause }
     }
 
     /// Queues #GP(0) and resumes: the guest did what a CPU refuses.

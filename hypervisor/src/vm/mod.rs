@@ -11,10 +11,14 @@ use crate::boot::format::{self, KernelFormat};
 use crate::boot::multiboot::{self, BootParams};
 use crate::boot::native::{self, Layout};
 use crate::config::RunConfig;
-use crate::devices::serial::{self, Serial};
-use crate::devices::{MmioBus, PioBus, SerialSink};
+use crate::devices::fw_cfg::FwCfg;
+use crate::devices::lapic::Lapic;
+use crate::devices::pic::Pic;
+use crate::devices::serial::Serial;
+use crate::devices::{Clock, MmioBus, PioBus, PlatformEvents, SerialSink};
 use crate::machine::board::Board;
 use crate::machine::cpuid::CpuidPolicy;
+use crate::machine::pc::{Platform, PlatformParams};
 use crate::mm::dirty::DirtyBitmap;
 use crate::mm::ept::Ept;
 use crate::mm::frames::FRAME;
@@ -54,7 +58,7 @@ impl SerialSink for SerialOut {
 }
 
 /// COM1's I/O ports (QEMU's `pc` machine, IRQ 4).
-pub const COM1_BASE: u64 = 0x3f8;
+pub use crate::machine::pc::COM1_BASE;
 
 /// What a vCPU's counters are at a point in time, for a workload's phases.
 #[derive(Clone, Copy, Default, Debug)]
@@ -114,11 +118,24 @@ pub struct Vm<M: HostMemory> {
     pub workload: Option<&'static dyn Workload>,
     /// The guest's CPUID.
     pub cpuid: CpuidPolicy,
-    /// Port I/O and MMIO: the device models, by address range.
+    /// Port I/O and MMIO: the device models of QEMU's `pc` machine, by
+    /// address range (`machine::pc`).
     pub pio: PioBus,
     pub mmio: MmioBus,
     /// COM1, also on `pio` (kept typed to flush it at the end).
     pub com1: Arc<Mutex<Serial>>,
+    /// What devices ask of the whole VM: an exit code, a reset, a power-off.
+    /// Every vCPU stops on it (`exits::platform_stop`).
+    pub events: Arc<PlatformEvents>,
+    /// The 8259A pair, also on `pio`.
+    pub pic: Arc<Mutex<Pic>>,
+    /// Each vCPU's local APIC, by vCPU index (reached through its
+    /// IA32_APIC_BASE page, not through `mmio`).
+    pub lapics: Vec<Arc<Mutex<Lapic>>>,
+    /// fw_cfg, also on `pio`: files are added here.
+    pub fw_cfg: Arc<Mutex<FwCfg>>,
+    /// The device timers' time source.
+    pub clock: Arc<dyn Clock>,
     pub layout: Layout,
     pub entry: u64,
     /// A kernel run (`--kernel`): vCPU 0's entry state, set by the kernel's
@@ -179,6 +196,8 @@ pub struct VmParts {
     pub cpuid: CpuidPolicy,
     /// Sends vCPU `n` out of the guest (an IPI to its core).
     pub kick: &'static (dyn Fn(u32) + Sync),
+    /// The time source of the device timers (LAPIC timer, PM timer, RTC).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Loads a kernel file into guest RAM laid out as the board map says and
@@ -267,6 +286,7 @@ impl<M: HostMemory> Vm<M> {
             workload,
             cpuid,
             kick,
+            clock,
         } = parts;
         let cache: CacheMode = config
             .cache
@@ -418,10 +438,14 @@ impl<M: HostMemory> Vm<M> {
         };
         let ept = Ept::new(mem.clone()).map_err(|e| format!("EPT: {e}"))?;
         let ept_caps = caps.ept_caps();
-        let com1 = Arc::new(Mutex::new(Serial::new(Box::new(SerialOut(out)))));
-        let mut pio = PioBus::new();
-        pio.insert(COM1_BASE, serial::PORT_COUNT, com1.clone())
-            .map_err(|e| format!("COM1: {e}"))?;
+        const GIB4: u64 = 1 << 32;
+        let platform = Platform::new(PlatformParams {
+            vcpus,
+            ram_below_4g: mem_bytes.min(GIB4),
+            ram_above_4g: mem_bytes.saturating_sub(GIB4),
+            clock,
+            serial: Box::new(SerialOut(out)),
+        })?;
         let msr_bitmap = all_ones_frame(&mem)?;
         let io_bitmaps = (all_ones_frame(&mem)?, all_ones_frame(&mem)?);
         Ok(Vm {
@@ -433,9 +457,14 @@ impl<M: HostMemory> Vm<M> {
             out,
             workload,
             cpuid,
-            pio,
-            mmio: MmioBus::new(),
-            com1,
+            pio: platform.pio,
+            mmio: platform.mmio,
+            com1: platform.com1,
+            events: platform.events,
+            pic: platform.pic,
+            lapics: platform.lapics,
+            fw_cfg: platform.fw_cfg,
+            clock: platform.clock,
             layout,
             entry,
             kernel_state,

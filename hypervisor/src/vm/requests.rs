@@ -59,6 +59,16 @@ impl Requests {
         (self.kick)(id);
     }
 
+    /// Sends every running vCPU but `except` out of the guest (the VM is
+    /// ending: they see why on their next exit).
+    pub fn kick_others(&self, except: u32) {
+        for id in (0..self.vcpus).filter(|&id| id != except) {
+            if self.flushed[id as usize].load(Ordering::Acquire) != STOPPED {
+                self.kick(id);
+            }
+        }
+    }
+
     fn kick_all(&self) {
         for id in 0..self.vcpus {
             if self.flushed[id as usize].load(Ordering::Acquire) != STOPPED {

@@ -146,6 +146,7 @@ pub mod sample {
             vcpus,
             tsc_hz: 0,
             result: RunResult::Success,
+            exit_code: None,
             ept: EptSummary { leaves_4k: 1100 },
             vcpu,
             dirty_log: Some(DirtyLogSummary {
