@@ -344,7 +344,7 @@ fn alu(op: Alu, a: u64, b: u64, size: usize) -> (u64, u64) {
         flags |= RFLAGS_SF;
     }
     // PF: even number of set bits in the low byte.
-    if (r as u8).count_ones() % 2 == 0 {
+    if (r as u8).count_ones().is_multiple_of(2) {
         flags |= RFLAGS_PF;
     }
     (r, flags)

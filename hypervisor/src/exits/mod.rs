@@ -12,6 +12,7 @@ mod ept;
 mod hlt;
 mod interrupt;
 mod io;
+mod mmio;
 mod msr;
 mod triple_fault;
 mod vmcall;

@@ -35,6 +35,7 @@ struct MockHw {
     msrs: BTreeMap<u32, u64>,
     flushes: u32,
     eois: u32,
+    cr2: Option<u64>,
 }
 
 impl VmcsAccess for MockHw {
@@ -62,6 +63,9 @@ impl Hw for MockHw {
     }
     fn host_eoi(&mut self) {
         self.eois += 1;
+    }
+    fn set_guest_cr2(&mut self, value: u64) {
+        self.cr2 = Some(value);
     }
 }
 
@@ -605,3 +609,5 @@ fn ept_violations_map_contain_and_log() {
     vm.dirty[0].get_and_clear(&mut words, |_| {}).unwrap();
     assert_eq!(words[0], 1 << 9, "page 9 logged, nothing else");
 }
+
+mod mmio;

@@ -78,7 +78,7 @@ impl<'a, M: HostMemory> GuestMem<'a, M> {
     ) -> Result<bool, u64> {
         use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
         let size = if wide { 8 } else { 4 };
-        if gpa % size != 0 {
+        if !gpa.is_multiple_of(size) {
             return Err(gpa);
         }
         let mut ok = false;

@@ -30,6 +30,10 @@ pub trait Hw: VmcsAccess {
     fn write_msr(&mut self, msr: u32, value: u64);
     /// Ends the host interrupt acknowledged on the last exit (local APIC EOI).
     fn host_eoi(&mut self);
+    /// Sets the guest's CR2 for the next VM entry (a #PF being injected).
+    /// The VMCS has no CR2 field: VM entry and exit leave the register alone
+    /// (SDM 27.3, 28.3), so the guest's CR2 is this core's real CR2.
+    fn set_guest_cr2(&mut self, value: u64);
 }
 
 /// What an exit handler does next when the vCPU goes on.
