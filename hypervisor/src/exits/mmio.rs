@@ -228,6 +228,12 @@ pub fn emulate<H: Hw, M: HostMemory>(
             if new_rsp != rsp {
                 h.write_nat(VmcsNatural::GuestRsp, new_rsp)?;
             }
+            // The instruction completed: blocking by STI or MOV SS, which
+            // lasts one instruction, ends with it (SDM 25.4.2 table 25-3).
+            let shadow = h.read32(Vmcs32::GuestInterruptibilityState)?;
+            if shadow & 0b11 != 0 {
+                h.write32(Vmcs32::GuestInterruptibilityState, shadow & !0b11)?;
+            }
             Ok(Action::Resume)
         }
         // The instruction runs into a page the guest has not mapped: the

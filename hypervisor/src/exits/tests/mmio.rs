@@ -123,7 +123,16 @@ fn mmio_store_and_load_reach_the_device_in_64_bit_mode() {
     write_guest(vm, 0x10_0000, &code);
     let mut v = vcpu64(vm, 0x10_0000);
     v.regs.rax = 0xffff_ffff_1234_5678;
+    // In an STI shadow: it ends with the emulated instruction.
+    v.vmcs
+        .write32(Vmcs32::GuestInterruptibilityState, 1 | (1 << 3))
+        .unwrap();
     resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(
+        v.vmcs.read32(Vmcs32::GuestInterruptibilityState).unwrap(),
+        1 << 3,
+        "STI blocking cleared, NMI blocking kept"
+    );
     assert_eq!(rip(&v), 0x10_0002, "RIP moved by the decoded length");
     assert_eq!(injected(&v), 0);
     resumes(mmio_fault(&mut v, READ));
