@@ -9,6 +9,7 @@ use crate::boot::abi::{BootInfo, BOOT_INFO_MAGIC};
 use crate::boot::elf;
 use crate::boot::native::{self, Layout};
 use crate::config::RunConfig;
+use crate::devices::scratch;
 use crate::devices::serial::{self, Serial};
 use crate::devices::{MmioBus, PioBus, SerialSink};
 use crate::machine::cpuid::CpuidPolicy;
@@ -307,6 +308,16 @@ impl<M: HostMemory> Vm<M> {
         let mut pio = PioBus::new();
         pio.insert(COM1_BASE, serial::PORT_COUNT, com1.clone())
             .map_err(|e| format!("COM1: {e}"))?;
+        let mut mmio = MmioBus::new();
+        if config.guest == "mmio" {
+            // The MMIO emulation test guest's device (devices::scratch).
+            mmio.insert(
+                scratch::SCRATCH_BASE,
+                scratch::SCRATCH_LEN,
+                Arc::new(Mutex::new(scratch::Scratch::new())),
+            )
+            .map_err(|e| format!("scratch MMIO device: {e}"))?;
+        }
         let msr_bitmap = all_ones_frame(&mem)?;
         let io_bitmaps = (all_ones_frame(&mem)?, all_ones_frame(&mem)?);
         Ok(Vm {
@@ -319,7 +330,7 @@ impl<M: HostMemory> Vm<M> {
             workload,
             cpuid,
             pio,
-            mmio: MmioBus::new(),
+            mmio,
             com1,
             layout,
             entry: image.entry,
