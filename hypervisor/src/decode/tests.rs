@@ -474,6 +474,22 @@ fn ip_wraps_at_the_code_size() {
 }
 
 #[test]
+fn rip_relative_operands_use_the_next_rip() {
+    // mov eax, [rip + 0x1a]: next RIP 0x40_1006, operand at 0x40_1020,
+    // the page offset of GPA.
+    let bytes = [0x8b, 0x05, 0x1a, 0, 0, 0];
+    let r = run64(&bytes, |_, d| d.set(GPA, &[7, 0, 0, 0]));
+    ok(&r, &bytes);
+    assert_eq!(r.gprs.rax, 7);
+    let acc = MmioAccess {
+        gpa: GPA,
+        linear: Some(RIP + 0x20),
+    };
+    let r = run_with(64, &bytes, SegmentBases::default(), acc, |_, _| {});
+    assert!(r.result.is_ok());
+}
+
+#[test]
 fn fs_and_gs_bases_count_in_64_bit_mode_the_others_do_not() {
     let segs = SegmentBases([0x10, 0x10, 0x10, 0x10, 0x1000, 0x2000]);
     // mov [rbx], eax with DS base 0x10: ignored in 64-bit mode.

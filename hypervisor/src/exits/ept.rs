@@ -42,7 +42,7 @@ pub fn violation<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Sto
         }
         (Fault::Unbacked | Fault::Map { .. }, _) => {
             // No RAM here: a device's MMIO range, or nothing at all.
-            if v.vm.mmio.contains(gpa) {
+            if super::mmio::claims(v, gpa) {
                 return super::mmio::emulate(v, gpa, &q);
             }
             return Err(v.contain(

@@ -24,6 +24,13 @@ use crate::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
 use crate::x86::CR0_PE;
 use alloc::format;
 
+/// Whether an access at `gpa` that no memslot backs goes to a device:
+/// the EPT-violation handler asks this first. A per-vCPU device (the local
+/// APIC page) is claimed here too, and routed in [`Target`].
+pub fn claims<H: Hw, M: HostMemory>(v: &Vcpu<H, M>, gpa: u64) -> bool {
+    v.vm.mmio.contains(gpa)
+}
+
 /// Where the emulated access goes: the hook for per-vCPU devices.
 pub struct Target<'a> {
     pub bus: &'a MmioBus,
@@ -151,6 +158,15 @@ pub fn emulate<H: Hw, M: HostMemory>(
         return Err(v.contain(
             "guest page tables in an MMIO range",
             format!("gpa={gpa:#x}"),
+        ));
+    }
+    // An exit during event delivery (SDM 28.2.4): the access was the CPU's
+    // (an exception frame, a descriptor), not the instruction's.
+    let vectoring = v.vmcs.read32(Vmcs32::IdtVectoringInfo)?;
+    if vectoring & (1 << 31) != 0 {
+        return Err(v.contain(
+            "event delivery touched an MMIO range",
+            format!("gpa={gpa:#x} IDT-vectoring information {vectoring:#x}"),
         ));
     }
     let walk = paging(v)?;

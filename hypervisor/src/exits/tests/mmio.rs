@@ -226,6 +226,17 @@ fn an_unsupported_instruction_is_contained_with_its_bytes() {
             ..
         })
     ));
+    // An exception frame pushed onto a device page (IDT-vectoring valid).
+    v.vmcs
+        .write32(Vmcs32::IdtVectoringInfo, InterruptionInfo::gp().to_raw())
+        .unwrap();
+    assert!(matches!(
+        mmio_fault(&mut v, WRITE),
+        Err(Stop::Contained {
+            what: "event delivery touched an MMIO range",
+            ..
+        })
+    ));
     assert!(dev.lock().log.is_empty());
 }
 
