@@ -11,6 +11,7 @@ extern crate alloc;
 
 pub mod boot;
 pub mod config;
+pub mod decode;
 pub mod devices;
 pub mod exits;
 pub mod limits;

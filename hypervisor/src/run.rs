@@ -55,6 +55,16 @@ impl Hw for CoreHw {
     fn set_xcr0(&mut self, value: u64) {
         arch::set_xcr0(value);
     }
+    fn set_guest_cr2(&mut self, value: u64) {
+        // Nothing the host runs between here and VM entry touches CR2: the
+        // host never takes a page fault it survives (arch::idt), so the
+        // value reaches the guest as written.
+        // SAFETY: CR2 only reports page-fault addresses; writing it has no
+        // other effect on the host.
+        unsafe {
+            core::arch::asm!("mov cr2, {}", in(reg) value, options(nostack, preserves_flags))
+        };
+    }
 }
 
 /// The host TSC when the first vCPU started: every vCPU's TSC counts from 0

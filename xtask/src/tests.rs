@@ -365,6 +365,16 @@ pub fn cases() -> Vec<Case> {
             ])
             .absent(&["CONTAINED"]),
     );
+    v.push(
+        Case::bochs("bochs-mmio-emulated", guest("mmio", 16, 1), Success)
+            .contains(&[
+                "mmio: mov [moffs64], rax: ok",
+                "mmio: or/and/lock xor/add/sub dword [m]: ok",
+                "mmio: PASS (17 checks)",
+                "vcpu0: guest reports PASS",
+            ])
+            .absent(&["CONTAINED", "FAIL"]),
+    );
     let mut ro = guest("memtouch", 16, 4);
     ro.readonly_slot = Some(3);
     // memtouch writes upwards: its first write into slot 3 is at 12 MiB.

@@ -13,6 +13,7 @@
 //!   as the port-I/O bus ([`PioBus`]) and as the MMIO bus ([`MmioBus`]).
 //! - [`IrqLine`]: an interrupt line a device drives (the PIC or IOAPIC pin
 //!   behind it is someone else's business).
+//! - [`scratch`]: a page of read/write memory, for the MMIO emulation tests.
 //! - [`serial`]: a 16550A UART ([`Serial`]) that hands its output to a
 //!   [`SerialSink`] a line at a time.
 //! - The rest of QEMU's `pc` machine, each per its datasheet: [`pic`] (8259A
@@ -39,6 +40,7 @@ pub mod pci;
 pub mod pic;
 pub mod pit;
 pub mod pm_timer;
+pub mod scratch;
 pub mod serial;
 
 pub use bus::{Bus, BusError, BusKind, BusRange, DeviceHandle, Mmio, MmioBus, Pio, PioBus};

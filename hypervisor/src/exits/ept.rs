@@ -42,16 +42,8 @@ pub fn violation<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Sto
         }
         (Fault::Unbacked | Fault::Map { .. }, _) => {
             // No RAM here: a device's MMIO range, or nothing at all.
-            if let Some((range, _)) = v.vm.mmio.get(gpa) {
-                return Err(v.contain(
-                    "MMIO access the hypervisor cannot emulate yet (no instruction decoder)",
-                    format!(
-                        "gpa={gpa:#x} device at {:#x}..{:#x} access={}",
-                        range.base,
-                        range.end(),
-                        access.name()
-                    ),
-                ));
+            if super::mmio::claims(v, gpa) {
+                return super::mmio::emulate(v, gpa, &q);
             }
             return Err(v.contain(
                 "access to memory no memslot backs",

@@ -16,6 +16,7 @@ mod ept;
 mod hlt;
 mod interrupt;
 mod io;
+mod mmio;
 mod msr;
 mod mwait;
 mod rdpmc;

@@ -37,6 +37,7 @@ struct MockHw {
     eois: u32,
     linear_flushes: u32,
     xcr0: Option<u64>,
+    cr2: Option<u64>,
 }
 
 impl VmcsAccess for MockHw {
@@ -70,6 +71,9 @@ impl Hw for MockHw {
     }
     fn set_xcr0(&mut self, value: u64) {
         self.xcr0 = Some(value);
+    }
+    fn set_guest_cr2(&mut self, value: u64) {
+        self.cr2 = Some(value);
     }
 }
 
@@ -751,3 +755,4 @@ fn ept_violations_map_contain_and_log() {
 
 /// The CPU as the SDM defines it: modes, MSRs, events, XSETBV, CR8, TSC.
 mod cpu;
+mod mmio;

@@ -65,6 +65,45 @@ impl<'a, M: HostMemory> GuestMem<'a, M> {
         })
     }
 
+    /// Atomically replaces the naturally aligned 8-byte (`wide`) or 4-byte
+    /// word at `gpa` by `new` if it holds `old`: how the page walker sets
+    /// accessed/dirty flags while other vCPUs run (SDM 4.8). `Ok(false)` if
+    /// the word changed; `Err(gpa)` if no slot backs it or it is misaligned.
+    pub fn compare_exchange(
+        &mut self,
+        gpa: u64,
+        wide: bool,
+        old: u64,
+        new: u64,
+    ) -> Result<bool, u64> {
+        use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+        let size = if wide { 8 } else { 4 };
+        if !gpa.is_multiple_of(size) {
+            return Err(gpa);
+        }
+        let mut ok = false;
+        self.chunks(gpa, size, |p, _, n| {
+            // An aligned word never crosses a page, so it is one chunk.
+            debug_assert_eq!(n as u64, size);
+            // SAFETY: `p..p + size` lies in one slot's mapped host frames
+            // (as in `write`); frames are 4 KiB-aligned and `gpa` is aligned
+            // to `size`, so `p` is too. Guest memory is only ever accessed
+            // as plain bytes or atomics by the host, never through `&`.
+            ok = unsafe {
+                if wide {
+                    AtomicU64::from_ptr(p as *mut u64)
+                        .compare_exchange(old, new, SeqCst, SeqCst)
+                        .is_ok()
+                } else {
+                    AtomicU32::from_ptr(p as *mut u32)
+                        .compare_exchange(old as u32, new as u32, SeqCst, SeqCst)
+                        .is_ok()
+                }
+            };
+        })?;
+        Ok(ok)
+    }
+
     pub fn zero(&mut self, gpa: u64, len: u64) -> Result<(), u64> {
         self.chunks(gpa, len, |dst, _, n| {
             // SAFETY: as in `write`.

@@ -14,6 +14,7 @@ pub mod heap;
 pub mod host;
 
 pub mod guest_mem;
+pub mod walk;
 
 /// Host physical memory as a VM uses it: frames for guest RAM, VMX bitmaps
 /// and EPT tables, reached through a mapping of physical memory. The kernel

@@ -43,6 +43,10 @@ pub trait Hw: VmcsAccess {
     /// not switch XCR0 and the host uses no extended state, so the guest's
     /// value simply stays on its core.
     fn set_xcr0(&mut self, value: u64);
+    /// Sets the guest's CR2 for the next VM entry (a #PF being injected).
+    /// The VMCS has no CR2 field: VM entry and exit leave the register alone
+    /// (SDM 27.3, 28.3), so the guest's CR2 is this core's real CR2.
+    fn set_guest_cr2(&mut self, value: u64);
 }
 
 /// What an exit handler does next when the vCPU goes on.

@@ -14,6 +14,7 @@ use crate::config::RunConfig;
 use crate::devices::fw_cfg::FwCfg;
 use crate::devices::lapic::Lapic;
 use crate::devices::pic::Pic;
+use crate::devices::scratch;
 use crate::devices::serial::Serial;
 use crate::devices::{Clock, MmioBus, PioBus, PlatformEvents, SerialSink};
 use crate::machine::board::Board;
@@ -439,13 +440,24 @@ impl<M: HostMemory> Vm<M> {
         let ept = Ept::new(mem.clone()).map_err(|e| format!("EPT: {e}"))?;
         let ept_caps = caps.ept_caps();
         const GIB4: u64 = 1 << 32;
-        let platform = Platform::new(PlatformParams {
+        let mut platform = Platform::new(PlatformParams {
             vcpus,
             ram_below_4g: mem_bytes.min(GIB4),
             ram_above_4g: mem_bytes.saturating_sub(GIB4),
             clock,
             serial: Box::new(SerialOut(out)),
         })?;
+        if config.guest == "mmio" {
+            // The MMIO emulation test guest's device (devices::scratch).
+            platform
+                .mmio
+                .insert(
+                    scratch::SCRATCH_BASE,
+                    scratch::SCRATCH_LEN,
+                    Arc::new(Mutex::new(scratch::Scratch::new())),
+                )
+                .map_err(|e| format!("scratch MMIO device: {e}"))?;
+        }
         let msr_bitmap = all_ones_frame(&mem)?;
         let io_bitmaps = (all_ones_frame(&mem)?, all_ones_frame(&mem)?);
         Ok(Vm {
@@ -560,6 +572,7 @@ mod kernel_tests {
             workload: None,
             cpuid: CpuidPolicy::new(host_cpu, vcpus, Provided::default()),
             kick: &no_kick,
+            clock: alloc::sync::Arc::new(crate::devices::test_support::ManualClock::default()),
         }
     }
 
