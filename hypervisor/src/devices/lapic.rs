@@ -218,6 +218,16 @@ impl Lapic {
         (self.id >> 24) as u8
     }
 
+    /// The task-priority register (CR8 is its bits 7:4, SDM 11.8.6).
+    pub fn tpr(&self) -> u32 {
+        self.tpr
+    }
+
+    /// Sets TPR (a MOV to CR8; bits 7:0 exist).
+    pub fn set_tpr(&mut self, value: u32) {
+        self.tpr = value & 0xff;
+    }
+
     /// Whether SVR bit 8 is set.
     pub fn software_enabled(&self) -> bool {
         self.svr & SVR_ENABLE != 0

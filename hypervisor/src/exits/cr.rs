@@ -3,9 +3,9 @@
 //! `x86::control`; `vcpu::mode` applies them to the VMCS).
 //!
 //! The host owns every CR0 bit but TS and every CR4 bit (guest/host masks,
-//! SDM 25.6.6), so each write that matters exits here. CR8 is the task
-//! priority of the vCPU's own local APIC: CR8-load and CR8-store exiting are
-//! on, so it never reaches the host core's APIC.
+//! SDM 25.6.6), so each write that matters exits here. CR8 is TPR[7:4] of
+//! the vCPU's own local APIC model (SDM 11.8.6): CR8-load and CR8-store
+//! exiting are on, so it never reaches the host core's APIC.
 
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Stop};
@@ -45,11 +45,13 @@ pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> 
             if value > 0xf {
                 return v.inject_gp();
             }
-            v.cr8 = value as u8;
+            v.vm.lapics[v.id as usize]
+                .lock()
+                .set_tpr((value as u32) << 4);
             done(v)
         }
         (CrAccessType::MovFromCr, 8) => {
-            let value = u64::from(v.cr8);
+            let value = u64::from(v.vm.lapics[v.id as usize].lock().tpr() >> 4);
             v.set_gpr(gpr, value)?;
             done(v)
         }

@@ -9,11 +9,13 @@
 //! and CR2 is set through [`Hw::set_guest_cr2`] (the VMCS has no CR2
 //! field; the guest's CR2 is the real register, SDM 27.3 and 28.3).
 //!
-//! Where accesses go: [`Target`] is the one place. Today it is the VM-wide
-//! MMIO bus; a per-vCPU device (the local APIC page at IA32_APIC_BASE)
-//! belongs in [`Target::read`]/[`Target::write`] before the bus.
+//! Where accesses go: [`Target`] is the one place. The vCPU's own local
+//! APIC page (at its IA32_APIC_BASE, while the APIC is enabled in xAPIC
+//! mode, SDM 11.4.1) comes first; everything else goes to the VM-wide MMIO
+//! bus.
 
 use crate::decode::{self, EmulateError, MmioAccess, Regs, SegmentBases, MAX_INSN_LEN};
+use crate::devices::lapic::Lapic;
 use crate::devices::MmioBus;
 use crate::mm::guest_mem::GuestMem;
 use crate::mm::walk::{AccessKind, PagingMode, Walk, WalkAccess, WalkError};
@@ -23,25 +25,48 @@ use crate::vmx::exit::{vector, EptViolation, InterruptionInfo};
 use crate::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
 use crate::x86::CR0_PE;
 use alloc::format;
+use spin::Mutex;
 
 /// Whether an access at `gpa` that no memslot backs goes to a device:
 /// the EPT-violation handler asks this first. A per-vCPU device (the local
 /// APIC page) is claimed here too, and routed in [`Target`].
 pub fn claims<H: Hw, M: HostMemory>(v: &Vcpu<H, M>, gpa: u64) -> bool {
-    v.vm.mmio.contains(gpa)
+    apic_page(v).is_some_and(|base| gpa & !0xfff == base) || v.vm.mmio.contains(gpa)
 }
 
-/// Where the emulated access goes: the hook for per-vCPU devices.
+/// The guest-physical page of this vCPU's local APIC registers, if they are
+/// memory-mapped now (enabled, not in x2APIC mode).
+fn apic_page<H: Hw, M: HostMemory>(v: &Vcpu<H, M>) -> Option<u64> {
+    let b = v.apic_base;
+    (b.enabled() && !b.x2apic()).then(|| b.base())
+}
+
+/// Where the emulated access goes.
 pub struct Target<'a> {
+    /// This vCPU's local APIC and its page.
+    pub lapic: Option<(u64, &'a Mutex<Lapic>)>,
     pub bus: &'a MmioBus,
+}
+
+impl Target<'_> {
+    fn lapic_at(&self, gpa: u64) -> Option<&Mutex<Lapic>> {
+        self.lapic
+            .and_then(|(base, l)| (gpa & !0xfff == base).then_some(l))
+    }
 }
 
 impl decode::Mmio for Target<'_> {
     fn read(&mut self, gpa: u64, data: &mut [u8]) {
+        if let Some(l) = self.lapic_at(gpa) {
+            return l.lock().mmio_read(gpa & 0xfff, data);
+        }
         // Unclaimed (an access running past a device's range): all ones.
         self.bus.read(gpa, data);
     }
     fn write(&mut self, gpa: u64, data: &[u8]) {
+        if let Some(l) = self.lapic_at(gpa) {
+            return l.lock().mmio_write(gpa & 0xfff, data);
+        }
         self.bus.write(gpa, data);
     }
 }
@@ -219,6 +244,7 @@ pub fn emulate<H: Hw, M: HostMemory>(
             ))
         }
     };
+    let (vm, id, lapic) = (v.vm, v.id, apic_page(v));
     let mut regs = Regs {
         gprs: &mut v.regs,
         rsp,
@@ -226,7 +252,10 @@ pub fn emulate<H: Hw, M: HostMemory>(
         rflags,
     };
     let access = MmioAccess { gpa, linear };
-    let mut target = Target { bus: &v.vm.mmio };
+    let mut target = Target {
+        lapic: lapic.map(|base| (base, &*vm.lapics[id as usize])),
+        bus: &vm.mmio,
+    };
     let result = decode::emulate(
         &fetched.bytes[..fetched.len],
         bits,

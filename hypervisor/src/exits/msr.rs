@@ -12,8 +12,6 @@ use crate::x86::msr;
 
 use crate::x86::is_canonical as canonical;
 use crate::x86::msr::{IA32_APIC_BASE, IA32_TSC};
-const APIC_BASE_DEFAULT: u64 = 0xfee0_0000 | (1 << 11);
-const APIC_BSP: u64 = 1 << 8;
 
 /// MSRs the guest may use that the host never does and VM exits do not
 /// switch: they go straight to the hardware of this vCPU's own core.
@@ -47,7 +45,7 @@ pub fn rdmsr<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
             .vmcs
             .rdtsc()
             .wrapping_add(v.vmcs.read64(Vmcs64::TscOffset)?),
-        IA32_APIC_BASE => APIC_BASE_DEFAULT | if v.id == 0 { APIC_BSP } else { 0 },
+        IA32_APIC_BASE => v.apic_base.value(),
         msr::IA32_MISC_ENABLE => MISC_ENABLE,
         // No microcode is loaded; the platform ID is 0.
         msr::IA32_BIOS_SIGN_ID | msr::IA32_PLATFORM_ID => 0,
@@ -110,6 +108,19 @@ pub fn wrmsr<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
         // LBR (bit 0) and BTF (bit 1) only; the rest needs features not offered.
         msr::IA32_DEBUGCTL if value & !3 != 0 => return v.inject_gp(),
         msr::IA32_DEBUGCTL => v.vmcs.write64(Vmcs64::GuestIa32Debugctl, value)?,
+        IA32_APIC_BASE => {
+            let x2apic_offered = v.vm.cpuid.answer(v.id, 1, 0)[2] & (1 << 21) != 0;
+            let was_enabled = v.apic_base.enabled();
+            let maxphy = v.maxphyaddr() as u8;
+            if v.apic_base.write(value, maxphy, x2apic_offered).is_err() {
+                return v.inject_gp();
+            }
+            // A global disable puts the APIC in its power-up state
+            // (SDM 11.4.3); the page stops decoding (`exits::mmio`).
+            if was_enabled && !v.apic_base.enabled() {
+                v.vm.lapics[v.id as usize].lock().reset();
+            }
+        }
         // Writing the TSC sets this vCPU's offset (SDM 18.17).
         IA32_TSC => {
             let offset = value.wrapping_sub(v.vmcs.rdtsc());

@@ -86,7 +86,6 @@ impl Live {
 
 // Leaf 1 EDX.
 const L1D_MCE: u32 = bit(7);
-const L1D_APIC: u32 = bit(9);
 const L1D_MTRR: u32 = bit(12);
 const L1D_MCA: u32 = bit(14);
 const L1D_DS: u32 = bit(21);
@@ -95,9 +94,10 @@ const L1D_HTT: u32 = bit(28);
 const L1D_TM: u32 = bit(29);
 const L1D_PBE: u32 = bit(31);
 /// Machine-check, MTRR, debug store, thermal and power MSRs are not
-/// emulated; there is no local APIC model yet.
+/// emulated. The APIC bit stays: each vCPU has a local APIC model
+/// (`devices::lapic`, IA32_APIC_BASE in `exits::msr`).
 const L1D_HIDDEN: u32 =
-    L1D_MCE | L1D_APIC | L1D_MTRR | L1D_MCA | L1D_DS | L1D_ACPI | L1D_TM | L1D_PBE | L1D_HTT;
+    L1D_MCE | L1D_MTRR | L1D_MCA | L1D_DS | L1D_ACPI | L1D_TM | L1D_PBE | L1D_HTT;
 
 // Leaf 7 subleaf 0.
 /// EBX: TSC_ADJUST, SGX, INVPCID (not enabled for the

@@ -10,6 +10,7 @@ mod mode;
 
 pub use mode::{CR0_HOST_OWNED, CR4_HOST_OWNED};
 
+use crate::devices::lapic::ApicBase;
 use crate::mm::memslot::{LookupStats, VcpuSlotCache};
 use crate::mm::HostMemory;
 use crate::vm::{Counters, Vm};
@@ -171,8 +172,8 @@ pub struct Vcpu<'a, H: Hw, M: HostMemory> {
     pub flush_seen: u64,
     /// The guest's XCR0 (loaded on this vCPU's core by XSETBV).
     pub xcr0: u64,
-    /// The task-priority class the guest set through CR8 (bits 3:0).
-    pub cr8: u8,
+    /// IA32_APIC_BASE: where this vCPU's local APIC is, and its mode.
+    pub apic_base: ApicBase,
 }
 
 impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
@@ -189,7 +190,7 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
             line_len: 0,
             flush_seen: 0,
             xcr0: 1,
-            cr8: 0,
+            apic_base: ApicBase::new(id == 0),
         }
     }
 

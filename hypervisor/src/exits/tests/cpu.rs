@@ -230,7 +230,7 @@ fn cr8_is_the_vcpus_own_task_priority() {
     v.regs.rcx = 9;
     resumes(dispatch(&mut v, ExitReason::CrAccess));
     completed(&v);
-    assert_eq!(v.cr8, 9);
+    assert_eq!(vm.lapics[0].lock().tpr(), 0x90, "CR8 is TPR[7:4]");
     assert!(v.vmcs.msrs.is_empty(), "no host register touched");
     v.vmcs.write_nat(VmcsNatural::GuestRip, RIP).unwrap();
     v.vmcs
@@ -245,7 +245,7 @@ fn cr8_is_the_vcpus_own_task_priority() {
     v.regs.rcx = 16;
     resumes(dispatch(&mut v, ExitReason::CrAccess));
     faulted_gp(&v);
-    assert_eq!(v.cr8, 9);
+    assert_eq!(vm.lapics[0].lock().tpr(), 0x90);
 }
 
 #[test]

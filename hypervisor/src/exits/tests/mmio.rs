@@ -36,7 +36,7 @@ impl BusDevice for Regs32 {
     }
 }
 
-const DEV: u64 = 0xfee0_0000;
+const DEV: u64 = 0xfed0_0000;
 const DEV_REG: u64 = DEV + 0x20;
 
 /// The test VM with a device at `DEV` (one page).
@@ -167,8 +167,8 @@ fn mmio_store_and_load_reach_the_device_in_64_bit_mode() {
 #[test]
 fn mmio_in_32_bit_protected_mode_with_paging_off() {
     let (vm, dev) = vm_with_device();
-    // mov [0xfee00020], eax (A3 moffs32); then mov al, [ebx+0x10].
-    let code = [0xa3, 0x20, 0x00, 0xe0, 0xfe, 0x8a, 0x43, 0x10];
+    // mov [0xfed00020], eax (A3 moffs32); then mov al, [ebx+0x10].
+    let code = [0xa3, 0x20, 0x00, 0xd0, 0xfe, 0x8a, 0x43, 0x10];
     write_guest(vm, 0x10_0000, &code);
     let mut v = vcpu(vm, 0, 0);
     let h = &mut v.vmcs;
@@ -198,7 +198,7 @@ fn an_unsupported_instruction_is_contained_with_its_bytes() {
         Err(Stop::Contained { what, detail }) => {
             assert_eq!(what, "MMIO access the hypervisor does not emulate");
             assert!(detail.contains("bytes 87 03"), "{detail}");
-            assert!(detail.contains("gpa=0xfee00020"), "{detail}");
+            assert!(detail.contains("gpa=0xfed00020"), "{detail}");
         }
         other => panic!("{other:?}"),
     }
@@ -295,4 +295,42 @@ fn a_fetch_fault_injects_page_fault_with_cr2() {
         mmio_fault(&mut v, WRITE),
         Err(Stop::Contained { detail, .. }) if detail.contains("no memslot backs")
     ));
+}
+
+/// The local APIC page at IA32_APIC_BASE reaches this vCPU's own APIC
+/// model; relocating or disabling the APIC moves or removes the page.
+#[test]
+fn the_apic_page_is_the_vcpus_own_and_follows_ia32_apic_base() {
+    let (vm, _) = vm_with_device();
+    // mov eax, [rbx]
+    write_guest(vm, 0x10_0000, &[0x8b, 0x03]);
+    let mut v = vcpu64(vm, 0x10_0000);
+    // Software-enable the APIC model and set TPR through its registers.
+    vm.lapics[0]
+        .lock()
+        .mmio_write(crate::devices::lapic::reg::TPR, &0x50u32.to_le_bytes());
+    let tpr = 0xfee0_0000 + crate::devices::lapic::reg::TPR;
+    v.regs.rbx = tpr;
+    assert!(super::super::mmio::claims(&v, tpr));
+    v.vmcs
+        .write_nat(VmcsNatural::GuestLinearAddress, tpr)
+        .unwrap();
+    resumes(ept_fault(&mut v, tpr, READ | GLA));
+    assert_eq!(v.regs.rax, 0x50, "TPR read from vCPU 0's APIC");
+    // Relocate the APIC; the old page is no longer the APIC's.
+    let mut w = vcpu(vm, 0, 0);
+    w.regs.rcx = u64::from(IA32_APIC_BASE);
+    w.regs.rax = 0xfeb0_0000 | (1 << 11) | (1 << 8);
+    resumes(dispatch(&mut w, ExitReason::Wrmsr));
+    assert_eq!(injected(&w), 0);
+    assert!(!super::super::mmio::claims(&w, tpr));
+    assert!(super::super::mmio::claims(&w, 0xfeb0_0080));
+    // Reserved bits and x2APIC (not offered) raise #GP.
+    for bad in [0xfee0_0000 | (1 << 11) | 1, 0xfee0_0000 | (3 << 10)] {
+        let mut w = vcpu(vm, 0, 0);
+        w.regs.rcx = u64::from(IA32_APIC_BASE);
+        w.regs.rax = bad;
+        resumes(dispatch(&mut w, ExitReason::Wrmsr));
+        assert_eq!(injected(&w), InterruptionInfo::gp().to_raw());
+    }
 }
