@@ -17,17 +17,14 @@ use alloc::format;
 
 pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
     let q = IoQualification::from_qualification(v.vmcs.read_nat(VmcsNatural::ExitQualification)?);
-    if q.string {
-        return Err(v.contain(
-            "unsupported I/O",
-            format!("string I/O (INS/OUTS) on port {:#x}", q.port),
-        ));
-    }
     if !matches!(q.size, 1 | 2 | 4) {
         return Err(v.contain(
             "unsupported I/O",
             format!("I/O size {} on port {:#x}", q.size, q.port),
         ));
+    }
+    if q.string {
+        return super::string_io::handle(v, &q);
     }
     let mask = q.value_mask();
     let port = u64::from(q.port);

@@ -72,7 +72,7 @@ impl decode::Mmio for Target<'_> {
 }
 
 /// The guest's paging registers, for the walker.
-fn paging<H: Hw, M: HostMemory>(v: &Vcpu<H, M>) -> Result<Walk, Stop> {
+pub(super) fn paging<H: Hw, M: HostMemory>(v: &Vcpu<H, M>) -> Result<Walk, Stop> {
     let h = &v.vmcs;
     let cr0 = h.read_nat(VmcsNatural::GuestCr0)?;
     let cr4 = h.read_nat(VmcsNatural::GuestCr4)?;
@@ -292,7 +292,7 @@ pub fn emulate<H: Hw, M: HostMemory>(
 }
 
 /// Injects #PF with `pf`'s error code and sets the guest's CR2.
-fn inject_pf<H: Hw, M: HostMemory>(
+pub(super) fn inject_pf<H: Hw, M: HostMemory>(
     v: &mut Vcpu<H, M>,
     pf: crate::mm::walk::PageFault,
 ) -> Result<Action, Stop> {

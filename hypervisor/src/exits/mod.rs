@@ -20,6 +20,7 @@ mod mmio;
 mod msr;
 mod mwait;
 mod rdpmc;
+mod string_io;
 mod triple_fault;
 mod vmcall;
 mod vmx_insn;

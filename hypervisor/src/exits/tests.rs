@@ -421,9 +421,13 @@ fn com1_output_goes_through_the_16550_a_line_at_a_time() {
 }
 
 #[test]
-fn string_io_is_contained() {
+fn string_io_from_unmapped_tables_is_contained_not_a_panic() {
     let (vm, _) = vm();
     let mut v = vcpu(vm, 0, io(0x3f8, 1, false, true));
+    // CR3 points outside RAM: the walk cannot read the tables.
+    v.vmcs
+        .write_nat(VmcsNatural::GuestCr3, 0x4000_0000)
+        .unwrap();
     assert!(matches!(
         dispatch(&mut v, ExitReason::IoInstruction),
         Err(Stop::Contained { .. })

@@ -526,6 +526,18 @@ impl<M: HostMemory> Vm<M> {
         }
     }
 
+    /// Logs a write the hypervisor made to guest memory at `gpa` (string
+    /// I/O, not through the EPT), if its slot is logged.
+    pub fn mark_dirty_gpa(&self, gpa: u64) {
+        let gfn = gpa / FRAME;
+        let mut stats = LookupStats::new();
+        if let Some(slot) = self.slots.lookup(gfn, &mut stats) {
+            if slot.flags().contains(SlotFlags::DIRTY_LOG) {
+                self.mark_dirty(slot, gfn);
+            }
+        }
+    }
+
     /// The slots a dirty-log run logs.
     pub fn test_slots(&self) -> impl Iterator<Item = &Memslot> {
         let first = self.test_base / FRAME;

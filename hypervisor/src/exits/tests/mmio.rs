@@ -38,6 +38,7 @@ impl BusDevice for Regs32 {
 
 const DEV: u64 = 0xfed0_0000;
 const DEV_REG: u64 = DEV + 0x20;
+const PORT: u64 = 0x700;
 
 /// The test VM with a device at `DEV` (one page).
 fn vm_with_device() -> (&'static TestVm, Arc<spin::Mutex<Regs32>>) {
@@ -63,6 +64,8 @@ fn vm_with_device() -> (&'static TestVm, Arc<spin::Mutex<Regs32>>) {
     let mut vm = Vm::build(test_host::memory(), parts, &elf).unwrap();
     let dev = Arc::new(spin::Mutex::new(Regs32::default()));
     vm.mmio.insert(DEV, 0x1000, dev.clone()).unwrap();
+    // The same registers at ports PORT..PORT+16, for string I/O.
+    vm.pio.insert(PORT, 0x10, dev.clone()).unwrap();
     (Box::leak(Box::new(vm)), dev)
 }
 
@@ -333,4 +336,66 @@ fn the_apic_page_is_the_vcpus_own_and_follows_ia32_apic_base() {
         resumes(dispatch(&mut w, ExitReason::Wrmsr));
         assert_eq!(injected(&w), InterruptionInfo::gp().to_raw());
     }
+}
+
+/// REP OUTSB and REP INSW through the guest's page tables, with the
+/// registers advanced as the CPU advances them.
+#[test]
+fn string_io_moves_elements_through_the_guests_page_tables() {
+    let (vm, dev) = vm_with_device();
+    write_guest(vm, 0x3000, b"hi!");
+    let mut v = vcpu64(vm, 0x10_0000);
+    let io = |size: u64, input: bool| {
+        (size - 1) | (u64::from(input) << 3) | (1 << 4) | (1 << 5) | (PORT << 16)
+    };
+    // 64-bit address size (bits 9:7 = 2), DS (bits 17:15 = 3).
+    let info = (2 << 7) | (3 << 15);
+    v.vmcs.write32(Vmcs32::VmExitInstructionInfo, info).unwrap();
+    v.vmcs.write32(Vmcs32::VmExitInstructionLength, 2).unwrap();
+    v.vmcs
+        .write_nat(VmcsNatural::ExitQualification, io(1, false))
+        .unwrap();
+    v.regs.rsi = 0x3000;
+    v.regs.rcx = 3;
+    resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    assert_eq!((v.regs.rsi, v.regs.rcx), (0x3003, 0));
+    assert_eq!(rip(&v), 0x10_0002, "done: RIP past the instruction");
+    let writes: Vec<u8> = dev.lock().log.iter().map(|(_, _, d)| d[0]).collect();
+    assert_eq!(writes, b"hi!");
+
+    // REP INSW, backwards (DF = 1), into RAM: the port's register (the
+    // last byte written, 0 above it) twice.
+    v.vmcs.write_nat(VmcsNatural::GuestRip, 0x10_0000).unwrap();
+    let rflags = v.vmcs.read_nat(VmcsNatural::GuestRflags).unwrap();
+    v.vmcs
+        .write_nat(VmcsNatural::GuestRflags, rflags | (1 << 10))
+        .unwrap();
+    v.vmcs
+        .write_nat(VmcsNatural::ExitQualification, io(2, true))
+        .unwrap();
+    v.regs.rdi = 0x4002;
+    v.regs.rcx = 2;
+    resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    assert_eq!((v.regs.rdi, v.regs.rcx), (0x3ffe, 0));
+    let mut b = [0u8; 4];
+    GuestMem::new(&vm.slots, &vm.mem)
+        .read(0x4000, &mut b)
+        .unwrap();
+    assert_eq!(b, [b'!', 0, b'!', 0]);
+
+    // An element on a page the guest did not map: #PF, registers as far
+    // as the iterations went, RIP on the instruction.
+    v.vmcs.write_nat(VmcsNatural::GuestRip, 0x10_0000).unwrap();
+    v.vmcs.write_nat(VmcsNatural::GuestRflags, rflags).unwrap();
+    v.vmcs
+        .write_nat(VmcsNatural::ExitQualification, io(1, false))
+        .unwrap();
+    v.regs.rsi = 0x1f_fffe; // the last two bytes of the 2 MiB page, then unmapped
+    v.regs.rcx = 4;
+    resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    assert_eq!((v.regs.rsi, v.regs.rcx), (0x20_0000, 2));
+    assert_eq!(rip(&v), 0x10_0000);
+    let pf = InterruptionInfo::hardware_exception(crate::vmx::exit::vector::PF, true);
+    assert_eq!(injected(&v), pf.to_raw());
+    assert_eq!(v.vmcs.cr2, Some(0x20_0000));
 }
