@@ -239,6 +239,12 @@ fn load_kernel<M: HostMemory>(
     };
     let (loaded, state) =
         multiboot::load(image, &header, &board, &params, gm).map_err(|e| format!("kernel: {e}"))?;
+    // The ACPI tables (RSDP first) in the BIOS area the board map reserves,
+    // where an OS searches for the RSDP (ACPI 6.x, 5.2.5.1).
+    let acpi = crate::machine::acpi::build(crate::machine::board::ACPI_BASE, 1)
+        .map_err(|e| format!("ACPI tables: {e}"))?;
+    gm.write(acpi.base, &acpi.bytes)
+        .map_err(|gpa| format!("writing the ACPI tables at {gpa:#x}"))?;
     let layout = Layout {
         mem_bytes,
         stacks_start: mem_bytes,
@@ -636,6 +642,10 @@ mod kernel_tests {
         // bss zeroed, RAM above it too.
         gm.read(0x10_1800, &mut b).unwrap();
         assert_eq!(b, [0; 6]);
+        // The ACPI RSDP where an OS searches for it.
+        let mut sig = [0u8; 8];
+        gm.read(crate::machine::board::ACPI_BASE, &mut sig).unwrap();
+        assert_eq!(&sig, b"RSD PTR ");
     }
 
     #[test]
