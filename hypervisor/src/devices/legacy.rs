@@ -3,11 +3,7 @@
 //! - [`SystemControlA`], 0x92 (PS/2 "system control port A"): bit 0 fast
 //!   reset (a 0→1 write resets the machine), bit 1 A20 gate; the other bits
 //!   read back. (Guest memory is never A20-masked: the gate only reads back.)
-//! - [`PortB`], 0x61 (NMI status and control): bits 0 (PIT channel 2 gate),
-//!   1 (speaker data), 2 and 3 (parity and I/O check enables) read back;
-//!   bit 4 (refresh) toggles on every read so that delay loops that wait for
-//!   it go on; bit 5 (PIT OUT2) reads 0 until the PIT exists; bits 7:6 (NMI
-//!   sources) read 0.
+//! (Port 0x61, port B, is the PIT's: `devices::pit::PortB`.)
 //! - [`Kbc`], 0x60/0x64: an Intel 8042 keyboard controller without a
 //!   keyboard: status (system flag set, buffers empty), the command byte
 //!   (0x20/0x60), self and interface tests (0xAA, 0xAB, 0xA9), port
@@ -63,32 +59,6 @@ impl PortIo for SystemControlA {
         if v & 1 != 0 && old & 1 == 0 {
             self.events.request_reset();
         }
-    }
-}
-
-/// Port 0x61.
-#[derive(Default)]
-pub struct PortB {
-    value: u8,
-    refresh: bool,
-}
-
-impl PortB {
-    pub const PORT: u16 = 0x61;
-
-    /// The PIT channel 2 gate (bit 0), for the PIT to come.
-    pub fn pit_gate(&self) -> bool {
-        self.value & 1 != 0
-    }
-}
-
-impl PortIo for PortB {
-    fn read_port(&mut self, _port: u16) -> u8 {
-        self.refresh = !self.refresh;
-        (self.value & 0x0F) | if self.refresh { 0x10 } else { 0 }
-    }
-    fn write_port(&mut self, _port: u16, v: u8) {
-        self.value = v & 0x0F;
     }
 }
 
@@ -407,18 +377,6 @@ mod tests {
         assert_eq!(e.pending(), None);
         p.write_port(0x92, 0x03);
         assert_eq!(e.pending(), Some(PlatformEvent::Reset));
-    }
-
-    #[test]
-    fn port_61_keeps_bits_0_to_3_and_toggles_refresh() {
-        let mut p = PortB::default();
-        p.write_port(0x61, 0xFF);
-        let a = p.read_port(0x61);
-        let b = p.read_port(0x61);
-        assert_eq!(a & 0xEF, 0x0F);
-        assert_eq!(b & 0xEF, 0x0F);
-        assert_ne!(a & 0x10, b & 0x10);
-        assert!(p.pit_gate());
     }
 
     #[test]

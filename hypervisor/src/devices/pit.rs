@@ -12,7 +12,7 @@
 //! and the LSB/MSB access sequences follow the datasheet. BCD counting is
 //! accepted and counts in binary (no PC software uses it).
 
-use super::BusDevice;
+use super::{BusDevice, Clock};
 use alloc::sync::Arc;
 
 /// The input clock: 1.193182 MHz (14.31818 MHz / 12).
@@ -21,9 +21,6 @@ pub const BASE: u16 = 0x40;
 pub const PORT_COUNT: u64 = 4;
 /// Port B of the PC (8255 PPI, kept on later chipsets).
 pub const PORT_B: u16 = 0x61;
-
-/// The time source: nanoseconds since some fixed point.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Input ticks at `ns` nanoseconds.
 fn ticks(ns: u64) -> u64 {
@@ -216,22 +213,23 @@ impl Counter {
 /// The three counters and the clock.
 pub struct Pit {
     counters: [Counter; 3],
-    clock: Clock,
-    /// Port B bit 1 (speaker data enable), kept for read-back.
-    speaker: bool,
+    clock: Arc<dyn Clock>,
+    /// Port B bits 3:1 (speaker data enable, parity and channel check
+    /// disables), kept for read-back.
+    port_b: u8,
 }
 
 impl Pit {
-    pub fn new(clock: Clock) -> Self {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
         Pit {
             counters: [Counter::new(); 3],
             clock,
-            speaker: false,
+            port_b: 0,
         }
     }
 
     fn now(&self) -> u64 {
-        ticks((self.clock)())
+        ticks(self.clock.now_ns())
     }
 
     fn control_word(&mut self, value: u8, now: u64) {
@@ -350,23 +348,25 @@ impl Pit {
         self.counters[0].next_edge(self.now()).map(ns_of)
     }
 
-    /// Port B read: bit 0 gate 2, bit 1 speaker, bit 4 refresh request
-    /// (toggles every 15.09 us, from counter 1's usual rate), bit 5 OUT2.
+    /// Port B read: bit 0 gate 2, bits 3:1 as written (speaker, parity
+    /// and channel check disables), bit 4 refresh request (toggles every
+    /// 15.09 us, counter 1's usual rate), bit 5 OUT2; no NMI sources
+    /// (bits 7:6 zero).
     pub fn port_b_read(&self) -> u8 {
         let now = self.now();
         let (_, out2) = self.counters[2].state(now);
         let refresh = (now / 18) & 1 == 1;
         u8::from(self.counters[2].gate)
-            | (u8::from(self.speaker) << 1)
+            | self.port_b
             | (u8::from(refresh) << 4)
             | (u8::from(out2) << 5)
     }
 
-    /// Port B write: bit 0 is counter 2's gate, bit 1 the speaker.
+    /// Port B write: bit 0 is counter 2's gate; bits 3:1 are kept.
     pub fn port_b_write(&mut self, value: u8) {
         let now = self.now();
         self.counters[2].set_gate(value & 1 != 0, now);
-        self.speaker = value & 2 != 0;
+        self.port_b = value & 0x0e;
     }
 }
 
@@ -410,17 +410,16 @@ impl BusDevice for PortB {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::sync::atomic::{AtomicU64, Ordering};
+    use crate::devices::test_support::ManualClock;
 
     /// A PIT whose clock the test moves, in input ticks.
-    fn pit() -> (Pit, Arc<AtomicU64>) {
-        let t = Arc::new(AtomicU64::new(0));
-        let c = t.clone();
-        (Pit::new(Arc::new(move || c.load(Ordering::SeqCst))), t)
+    fn pit() -> (Pit, Arc<ManualClock>) {
+        let t = Arc::new(ManualClock::default());
+        (Pit::new(t.clone()), t)
     }
 
-    fn at(t: &AtomicU64, tick: u64) {
-        t.store(ns_of(tick), Ordering::SeqCst);
+    fn at(t: &ManualClock, tick: u64) {
+        t.set(ns_of(tick));
     }
 
     fn read_word(p: &mut Pit, i: u64) -> u16 {
@@ -517,9 +516,10 @@ mod tests {
         assert!(!out2(&mut port_b), "second half low");
         at(&t, 75 + 100);
         assert!(out2(&mut port_b));
+        port_b.write(0, &[0x0d]);
         let mut b = [0];
         port_b.read(0, &mut b);
-        assert_eq!(b[0] & 3, 1, "gate bit reads back");
+        assert_eq!(b[0] & 0x0f, 0x0d, "gate and bits 3:1 read back");
     }
 
     #[test]

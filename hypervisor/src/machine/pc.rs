@@ -6,8 +6,9 @@
 //! | ports          | device                                             |
 //! |----------------|----------------------------------------------------|
 //! | 0x20-0x21      | 8259A master                                        |
+//! | 0x40-0x43      | 8254 PIT                                           |
 //! | 0x60, 0x64     | 8042 keyboard controller (reset through 0xFE)      |
-//! | 0x61           | port B (NMI status and control)                    |
+//! | 0x61           | port B (PIT channel 2 gate and OUT2, NMI control)  |
 //! | 0x70-0x71      | CMOS RTC and RAM                                   |
 //! | 0x80           | POST codes                                         |
 //! | 0x92           | system control port A (fast reset, A20)            |
@@ -19,16 +20,19 @@
 //! | 0x600-0x60B    | ACPI PM1a event/control, PM timer                  |
 //! | 0xCF8-0xCFF    | PCI configuration mechanism #1, reset control 0xCF9|
 //!
-//! Every other port reads all ones and ignores writes (the bus). The local
+//! On the MMIO bus: the I/O APIC at 0xFEC00000. Every other port reads all
+//! ones and ignores writes (the bus). The local
 //! APICs are made here, one per vCPU (APIC ID = vCPU index), but are not on
 //! the MMIO bus: each vCPU reaches its own at its IA32_APIC_BASE.
 
 use crate::devices::debug_exit::{self, DebugExit};
 use crate::devices::fw_cfg::{self, FwCfg};
+use crate::devices::ioapic::{self, Ioapic};
 use crate::devices::lapic::Lapic;
-use crate::devices::legacy::{Cmos, Kbc, PortB, PostPort, SystemControlA};
+use crate::devices::legacy::{Cmos, Kbc, PostPort, SystemControlA};
 use crate::devices::pci::{self, PciConfigIo};
 use crate::devices::pic::{self, Pic};
+use crate::devices::pit::{self, Pit, PortB};
 use crate::devices::pm_timer::{self, AcpiPm};
 use crate::devices::serial::{self, Serial};
 use crate::devices::{Clock, MmioBus, PioBus, PlatformEvents, PortsOf, SerialSink};
@@ -66,6 +70,11 @@ pub struct Platform {
     pub lapics: Vec<Arc<Mutex<Lapic>>>,
     pub fw_cfg: Arc<Mutex<FwCfg>>,
     pub clock: Arc<dyn Clock>,
+    /// The 8254 (ports 0x40-0x43 and port B's gate/OUT2 at 0x61).
+    pub pit: Arc<Mutex<Pit>>,
+    /// The I/O APIC at 0xFEC00000 (its pins deliver with the interrupts
+    /// issue; its registers work now).
+    pub ioapic: Arc<Mutex<Ioapic>>,
 }
 
 impl Platform {
@@ -85,6 +94,9 @@ impl Platform {
             .map(|id| Arc::new(Mutex::new(Lapic::new(id, p.clock.clone()))))
             .collect();
         let kbc = Arc::new(Mutex::new(Kbc::new(events.clone())));
+        let pit = Arc::new(Mutex::new(Pit::new(p.clock.clone())));
+        // The I/O APIC's ID follows the local APICs' (as QEMU's MADT has it).
+        let ioapic = Arc::new(Mutex::new(Ioapic::new(vcpus)));
         let cmos = Arc::new(Mutex::new(Cmos::new(
             p.clock.clone(),
             p.ram_below_4g,
@@ -119,14 +131,12 @@ impl Platform {
             1,
             Arc::new(Mutex::new(PortsOf::new(kbc, Kbc::COMMAND))),
         )?;
+        add("PIT", pit::BASE, pit::PORT_COUNT, pit.clone())?;
         add(
             "port B",
-            PortB::PORT,
+            pit::PORT_B,
             1,
-            Arc::new(Mutex::new(PortsOf::new(
-                Arc::new(Mutex::new(PortB::default())),
-                PortB::PORT,
-            ))),
+            Arc::new(Mutex::new(PortB(pit.clone()))),
         )?;
         add(
             "CMOS",
@@ -172,9 +182,14 @@ impl Platform {
             pci::PORT_COUNT,
             Arc::new(Mutex::new(PciConfigIo::new(events.clone()))),
         )?;
+        let mut mmio = MmioBus::new();
+        mmio.insert(ioapic::BASE, ioapic::SIZE, ioapic.clone())
+            .map_err(|e| format!("I/O APIC: {e}"))?;
         Ok(Platform {
             pio,
-            mmio: MmioBus::new(),
+            mmio,
+            pit,
+            ioapic,
             events,
             com1,
             pic,
@@ -270,5 +285,52 @@ mod tests {
             })
             .is_err());
         }
+    }
+}
+
+#[cfg(test)]
+mod timer_and_ioapic_tests {
+    use super::*;
+    use crate::devices::test_support::ManualClock;
+
+    struct NoSink;
+    impl SerialSink for NoSink {
+        fn line(&mut self, _: &[u8]) {}
+    }
+
+    #[test]
+    fn the_pit_and_the_ioapic_are_where_qemu_puts_them() {
+        let clock = Arc::new(ManualClock::default());
+        let p = Platform::new(PlatformParams {
+            vcpus: 2,
+            ram_below_4g: 128 << 20,
+            ram_above_4g: 0,
+            clock: clock.clone(),
+            serial: Box::new(NoSink),
+        })
+        .unwrap();
+        // PIT counter 0, mode 2, count 1000; then read it back latched.
+        p.pio.write(0x43, &[0x34]);
+        p.pio.write(0x40, &[0xe8]);
+        p.pio.write(0x40, &[0x03]);
+        clock.set(100_000); // 100 us: 119 ticks
+        p.pio.write(0x43, &[0x00]);
+        let (mut lo, mut hi) = ([0u8], [0u8]);
+        p.pio.read(0x40, &mut lo);
+        p.pio.read(0x40, &mut hi);
+        assert_eq!(u16::from_le_bytes([lo[0], hi[0]]), 1000 - 119);
+        // Port B: gate 2 reads back.
+        p.pio.write(0x61, &[0x01]);
+        let mut b = [0u8];
+        p.pio.read(0x61, &mut b);
+        assert_eq!(b[0] & 1, 1);
+        // I/O APIC version through its index/window registers; ID = vCPUs.
+        p.mmio.write(0xfec0_0000, &1u32.to_le_bytes());
+        let mut v = [0u8; 4];
+        p.mmio.read(0xfec0_0010, &mut v);
+        assert_eq!(u32::from_le_bytes(v), 0x0017_0020);
+        p.mmio.write(0xfec0_0000, &0u32.to_le_bytes());
+        p.mmio.read(0xfec0_0010, &mut v);
+        assert_eq!(u32::from_le_bytes(v) >> 24, 2);
     }
 }
