@@ -1,9 +1,9 @@
-//! The small ports every PC answers:
+//! The small ports every PC answers (port 0x61, port B, is the PIT's:
+//! `devices::pit::PortB`):
 //! - [`PostPort`], 0x80: POST codes; writes dropped, reads 0xFF (QEMU's).
 //! - [`SystemControlA`], 0x92 (PS/2 "system control port A"): bit 0 fast
 //!   reset (a 0→1 write resets the machine), bit 1 A20 gate; the other bits
 //!   read back. (Guest memory is never A20-masked: the gate only reads back.)
-//! (Port 0x61, port B, is the PIT's: `devices::pit::PortB`.)
 //! - [`Kbc`], 0x60/0x64: an Intel 8042 keyboard controller without a
 //!   keyboard: status (system flag set, buffers empty), the command byte
 //!   (0x20/0x60), self and interface tests (0xAA, 0xAB, 0xA9), port
