@@ -340,6 +340,10 @@ macro_rules! ensure {
     };
 }
 
+/// The CPU and PC checks: exceptions, XSETBV, CR8, MSRs, LAPIC, PCI.
+#[path = "mbkernel/cpu.rs"]
+mod cpu;
+
 // ---- the checks ----
 
 /// EAX = 0x2BADB002 and EBX = the information structure (multiboot 3.2).
@@ -600,6 +604,13 @@ const CHECKS: &[(&str, Check)] = &[
     ("module", check_module),
     ("mmap", check_memory_map),
     ("uart", check_uart),
+    ("exceptions", cpu::check_exceptions),
+    ("freshstack", cpu::check_exception_on_unmapped_stack),
+    ("xsetbv", cpu::check_xsetbv),
+    ("cr8", cpu::check_cr8),
+    ("msrs", cpu::check_msrs_match_cpuid),
+    ("lapic", cpu::check_lapic_registers),
+    ("pci", cpu::check_pci_absent),
     ("modeswitch", check_mode_roundtrip),
 ];
 
