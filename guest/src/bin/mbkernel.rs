@@ -13,7 +13,8 @@
 //!    `mbkernel: ok NAME` or `mbkernel: FAIL NAME: why` to COM1: the entry
 //!    state (`entry`, `meminfo`, `cmdline`, `module`, `mmap`), the 16550
 //!    (`uart`), exceptions to its own IDT (`exceptions`), an exception frame
-//!    on a page the EPT does not map yet (`eptframe`), and the mode round
+//!    on a page the EPT does not map yet (`eptframe`), QEMU's fw_cfg
+//!    (`fwcfg`), and the mode round
 //!    trip 64 → 32-bit protected mode with paging off → 64 (`modeswitch`);
 //! 4. prints `mbkernel: RESULT PASS (N checks)` or `mbkernel: RESULT FAIL
 //!    (K of N failed)`, writes 0 (pass) or 1 to QEMU's isa-debug-exit
@@ -416,6 +417,10 @@ fn inb(port: u16) -> u8 {
     // SAFETY: as above.
     unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack)) }
     v
+}
+fn outw(port: u16, v: u16) {
+    // SAFETY: as above.
+    unsafe { asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack)) }
 }
 fn outl(port: u16, v: u32) {
     // SAFETY: as above.
@@ -936,6 +941,64 @@ fn expect((name, f, stack, vector, error, rip, cr2): Expect, why: &mut Msg) -> b
     true
 }
 
+// ---- QEMU's fw_cfg (docs/specs/fw_cfg.rst in QEMU) ----
+
+const FW_CFG_SELECTOR: u16 = 0x510;
+const FW_CFG_DATA: u16 = 0x511;
+
+/// Selects item `key` and reads its first `N` bytes.
+fn fw_cfg<const N: usize>(key: u16) -> [u8; N] {
+    outw(FW_CFG_SELECTOR, key);
+    core::array::from_fn(|_| inb(FW_CFG_DATA))
+}
+
+/// The signature "QEMU", the ID (bit 0: the traditional interface), the
+/// CPU count, the RAM size and a well-formed file directory.
+fn check_fw_cfg(c: &Ctx, why: &mut Msg) -> bool {
+    let sig = fw_cfg::<4>(0x0000);
+    ensure!(why, &sig == b"QEMU", "signature {sig:x?}, want \"QEMU\"");
+    let id = u32::from_le_bytes(fw_cfg(0x0001));
+    ensure!(
+        why,
+        id & 1 != 0,
+        "ID {id:#x} lacks bit 0 (traditional interface)"
+    );
+    let cpus = u16::from_le_bytes(fw_cfg(0x0005));
+    ensure!(why, cpus == 1, "NB_CPUS {cpus}, want 1");
+    if let Some(mib) = c.num("expect_mem") {
+        let ram = u64::from_le_bytes(fw_cfg(0x0003));
+        ensure!(
+            why,
+            ram == mib << 20,
+            "RAM_SIZE {ram:#x}, want {:#x}",
+            mib << 20
+        );
+    }
+    // The file directory: a big-endian count, then 64-byte entries (size,
+    // select, reserved, a NUL-terminated name).
+    outw(FW_CFG_SELECTOR, 0x0019);
+    let count = u32::from_be_bytes(core::array::from_fn(|_| inb(FW_CFG_DATA)));
+    ensure!(why, count < 4096, "file directory of {count} entries");
+    for i in 0..count {
+        let e: [u8; 64] = core::array::from_fn(|_| inb(FW_CFG_DATA));
+        let name = &e[8..];
+        let len = name.iter().position(|&b| b == 0);
+        ensure!(
+            why,
+            len.is_some_and(|n| n > 0),
+            "file {i}: name not NUL-terminated or empty"
+        );
+        let select = u16::from_be_bytes([e[4], e[5]]);
+        ensure!(
+            why,
+            select >= 0x20,
+            "file {i}: selector {select:#x} below 0x20"
+        );
+    }
+    say!("mbkernel: fw_cfg: QEMU, ID {id:#x}, {cpus} CPU(s), {count} file(s)");
+    true
+}
+
 type Check = fn(&Ctx, &mut Msg) -> bool;
 
 /// Every check, in order. Mode switches last: if the hypervisor gets one
@@ -949,6 +1012,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("uart", check_uart),
     ("exceptions", check_exceptions),
     ("eptframe", check_exception_frame_unmapped),
+    ("fwcfg", check_fw_cfg),
     ("modeswitch", check_mode_roundtrip),
 ];
 
