@@ -465,7 +465,7 @@ pub fn cases() -> Vec<Case> {
         .contains(&[
             "multiboot: kernel at [0x100000,",
             "[vcpu0] mbkernel: in 64-bit mode",
-            "mbkernel: cmdline \"mbkernel some words expect_mem=128 ",
+            "mbkernel: cmdline \"mbkernel some words skip=eptframe,fwcfg expect_mem=128 initrd_len=5000 initrd_sum=0x",
             "mbkernel: module 0 [",
             "mbkernel: ok entry",
             "mbkernel: ok module",
