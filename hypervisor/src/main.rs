@@ -131,13 +131,16 @@ mod kernel {
                 return Err("kernel runs take one vCPU");
             }
         }
+        if !kernel_run {
+            info!(
+                "payload: guest {:?}, {} bytes",
+                config.guest,
+                payload.guest.len()
+            );
+        }
         info!(
-            "payload: guest {:?}, {} bytes; guest memory {} MiB in {} slot(s), cache mode {}",
-            config.guest,
-            payload.guest.len() + payload.kernel.len(),
-            config.mem_mib,
-            config.slots,
-            config.cache
+            "guest memory {} MiB in {} slot(s), cache mode {}",
+            config.mem_mib, config.slots, config.cache
         );
 
         let usable = boot

@@ -95,11 +95,46 @@ fn elf32_multiboot(paddr: u32, filesz: u32, file_len: Option<usize>) -> Vec<u8> 
     w32(&mut e, 0xc0, magic);
     w32(&mut e, 0xc4, flags);
     w32(&mut e, 0xc8, 0u32.wrapping_sub(magic).wrapping_sub(flags));
+    e.resize(0x100, 0);
+    e.extend(elf32_code());
     e.resize(0x100 + filesz as usize, 0xf4); // hlt
     if let Some(n) = file_len {
         e.truncate(n);
     }
     e
+}
+
+/// 32-bit code: if EAX holds the multiboot magic, print "elf32 multiboot
+/// ok" on COM1, else "elf32 bad magic"; then `cli; hlt`.
+fn elf32_code() -> Vec<u8> {
+    let say = |text: &str| -> Vec<u8> {
+        let mut v = Vec::new();
+        for b in text.bytes() {
+            v.extend([0xb0, b, 0xee]); // mov al, b; out dx, al
+        }
+        v.extend([0xfa, 0xf4]); // cli; hlt
+        v
+    };
+    let (ok, bad) = (say("elf32 multiboot ok\n"), say("elf32 bad magic\n"));
+    let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    c.push(0x3d); // cmp eax, imm32
+    c.extend(0x2bad_b002u32.to_le_bytes());
+    c.extend([0x75, ok.len() as u8]); // jne bad
+    c.extend(ok);
+    c.extend(bad);
+    c
+}
+
+fn elf32_kernel() -> Vec<u8> {
+    elf32_multiboot(0x20_0000, 0x200, None)
+}
+
+fn linux_bzimage() -> Vec<u8> {
+    let mut k = vec![0u8; 0x1000];
+    k[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
+    k[0x202..0x206].copy_from_slice(b"HdrS");
+    k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    k
 }
 
 fn not_a_kernel() -> Vec<u8> {
@@ -433,29 +468,50 @@ pub fn cases() -> Vec<Case> {
         .contains(&[
             "multiboot: kernel at [0x100000,",
             "[vcpu0] mbkernel: in 64-bit mode",
-            "mbkernel: cmdline \"mbkernel some words expect_mem=128 ",
+            "mbkernel: cmdline \"mbkernel some words expect_mem=128 initrd_len=5000 initrd_sum=0x",
             "mbkernel: module 0 [",
             "mbkernel: ok entry",
             "mbkernel: ok module",
             "mbkernel: ok uart",
             "mbkernel: ok exceptions",
-            "mbkernel: ok freshstack",
+            "mbkernel: ok eptframe",
+            "mbkernel: ok fwcfg",
             "mbkernel: ok xsetbv",
             "mbkernel: ok cr8",
             "mbkernel: ok msrs",
             "mbkernel: ok lapic",
             "mbkernel: ok pci",
             "mbkernel: ok modeswitch",
-            "mbkernel: RESULT PASS (14 checks)",
+            "mbkernel: RESULT PASS (15 checks)",
         ])
         .absent(&["mbkernel: FAIL", "mbkernel: skip", "VM entry failed"]);
         c.cpu_model = Some(model);
         v.push(c);
     }
+    // The ELF32 path of the multiboot loader, entered in 32-bit mode.
+    v.push(
+        Case::kernel(
+            "bochs-kernel-elf32",
+            "elf32.bin",
+            TestKernel::Bytes(elf32_kernel),
+            Failure,
+        )
+        .contains(&[
+            "multiboot: kernel at [0x200000, 0x200200), entry 0x200000",
+            "[vcpu0] elf32 multiboot ok",
+            "HLT with interrupts disabled",
+        ])
+        .absent(&["bad magic"]),
+    );
     for (name, make, says) in [
         (
+            "linux-bzimage",
+            linux_bzimage as fn() -> Vec<u8>,
+            "kernel: Linux bzImage recognised (boot protocol 2.15); booting it comes in a later issue",
+        ),
+        (
             "not-a-kernel",
-            not_a_kernel as fn() -> Vec<u8>,
+            not_a_kernel,
             "kernel: not a kernel this hypervisor boots: no multiboot header in the first 8 KiB",
         ),
         (
@@ -797,8 +853,13 @@ mod unit {
         let e = plan(&o, &h(&o), &board).unwrap_err();
         assert!(matches!(e, MultibootError::OutsideRam { .. }), "{e}");
         // And the generator makes a good kernel when asked to.
-        let g = elf32_multiboot(0x10_0000, 0x100, None);
-        assert!(plan(&g, &h(&g), &board).is_ok());
+        let g = elf32_kernel();
+        let p = plan(&g, &h(&g), &board).unwrap();
+        assert_eq!((p.entry, p.start, p.end), (0x20_0000, 0x20_0000, 0x20_0200));
+        assert!(matches!(
+            detect(&linux_bzimage()),
+            Err(hypervisor::boot::format::FormatError::LinuxNotYet { version: 0x20f })
+        ));
         assert_eq!(fnv1a(b"a"), 0xe40c_292c);
     }
 

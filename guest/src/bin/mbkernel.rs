@@ -10,7 +10,12 @@
 //! 2. builds its own page tables (first 4 GiB identity-mapped, 2 MiB pages),
 //!    turns on PAE, EFER.LME and paging, and far-jumps to 64-bit code;
 //! 3. runs its checks in Rust, each a small function in [`CHECKS`], printing
-//!    `mbkernel: ok NAME` or `mbkernel: FAIL NAME: why` to COM1;
+//!    `mbkernel: ok NAME` or `mbkernel: FAIL NAME: why` to COM1: the entry
+//!    state (`entry`, `meminfo`, `cmdline`, `module`, `mmap`), the 16550
+//!    (`uart`), exceptions to its own IDT (`exceptions`), an exception frame
+//!    on a page the EPT does not map yet (`eptframe`), QEMU's fw_cfg
+//!    (`fwcfg`), and the mode round
+//!    trip 64 → 32-bit protected mode with paging off → 64 (`modeswitch`);
 //! 4. prints `mbkernel: RESULT PASS (N checks)` or `mbkernel: RESULT FAIL
 //!    (K of N failed)`, writes 0 (pass) or 1 to QEMU's isa-debug-exit
 //!    (port 0xF4), and halts with interrupts off should the write return.
@@ -167,6 +172,174 @@ mb_back64:
     pop %rbx
     ret
 
+
+/* Exceptions 0-31: each stub pushes its vector (and a 0 where the CPU
+   pushes no error code), then the common part records vector, error
+   code, RIP and CR2 and, inside mb_try, unwinds to it. */
+    .macro EXC_STUB n
+mb_exc_\n:
+    pushq $0
+    pushq $\n
+    jmp mb_exc_common
+    .endm
+    .macro EXC_STUB_ERR n
+mb_exc_\n:
+    pushq $\n
+    jmp mb_exc_common
+    .endm
+    EXC_STUB 0
+    EXC_STUB 1
+    EXC_STUB 2
+    EXC_STUB 3
+    EXC_STUB 4
+    EXC_STUB 5
+    EXC_STUB 6
+    EXC_STUB 7
+    EXC_STUB_ERR 8
+    EXC_STUB 9
+    EXC_STUB_ERR 10
+    EXC_STUB_ERR 11
+    EXC_STUB_ERR 12
+    EXC_STUB_ERR 13
+    EXC_STUB_ERR 14
+    EXC_STUB 15
+    EXC_STUB 16
+    EXC_STUB_ERR 17
+    EXC_STUB 18
+    EXC_STUB 19
+    EXC_STUB 20
+    EXC_STUB_ERR 21
+    EXC_STUB 22
+    EXC_STUB 23
+    EXC_STUB 24
+    EXC_STUB 25
+    EXC_STUB 26
+    EXC_STUB 27
+    EXC_STUB 28
+    EXC_STUB_ERR 29
+    EXC_STUB_ERR 30
+    EXC_STUB 31
+mb_exc_common:
+    pop %rax                /* vector */
+    pop %rdx                /* error code */
+    mov %rax, mb_exc_vector(%rip)
+    mov %rdx, mb_exc_error(%rip)
+    mov (%rsp), %rcx
+    mov %rcx, mb_exc_rip(%rip)
+    mov %cr2, %rcx
+    mov %rcx, mb_exc_cr2(%rip)
+    cmpq $0, mb_try_rsp(%rip)
+    jne mb_try_out
+    mov %rax, %rdi
+    mov %rdx, %rsi
+    mov (%rsp), %rdx
+    and $-16, %rsp
+    call mb_unexpected
+
+/* extern "C" fn mb_try(f, stack) -> u64: calls f and returns 0xFFFF, or
+   the vector of an exception f raised. With `stack` non-zero, f is jumped
+   to (nothing pushed) with RSP = stack, and must raise an exception. */
+    .global mb_try
+mb_try:
+    push %rbx
+    push %rbp
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    sub $8, %rsp
+    mov %rsp, mb_try_rsp(%rip)
+    test %rsi, %rsi
+    jz 1f
+    mov %rsi, %rsp
+    jmp *%rdi
+1:  call *%rdi
+    mov $0xffff, %eax
+mb_try_out:
+    mov mb_try_rsp(%rip), %rsp
+    movq $0, mb_try_rsp(%rip)
+    add $8, %rsp
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %rbp
+    pop %rbx
+    ret
+
+/* What the exception checks run under mb_try. */
+    .global mb_do_ud, mb_do_gp_noncanonical, mb_do_gp_selector, mb_do_pf_write, mb_do_int3
+mb_do_ud:
+    ud2
+    ret
+mb_do_gp_noncanonical:
+    movabs $0x8000000000000000, %rax
+    mov (%rax), %rax
+    ret
+mb_do_gp_selector:
+    mov $0x28, %ax          /* beyond the GDT's limit */
+    mov %ax, %ds
+    ret
+mb_do_pf_write:
+    movabs $0x100000000, %rax   /* 4 GiB: not in the page tables */
+    movl $1, (%rax)
+    ret
+mb_do_int3:
+    int3
+    ret
+/* TF on, then RSP = mb_tf_stack (a page never touched): the single-step
+   #DB comes after that MOV, RIP = mb_tf_expected, and its frame is the
+   first write to the page. Were the event lost on the way, TF would trap
+   one instruction later. */
+    .global mb_do_tf_untouched, mb_tf_expected
+mb_do_tf_untouched:
+    mov mb_tf_stack(%rip), %rax
+    pushfq
+    orq $0x100, (%rsp)
+    popfq
+    mov %rax, %rsp
+mb_tf_expected:
+    nop
+    nop
+    ud2
+
+    .section .rodata.mb_exc_table, "a"
+    .balign 8
+    .global mb_exc_table
+mb_exc_table:
+    .quad mb_exc_0
+    .quad mb_exc_1
+    .quad mb_exc_2
+    .quad mb_exc_3
+    .quad mb_exc_4
+    .quad mb_exc_5
+    .quad mb_exc_6
+    .quad mb_exc_7
+    .quad mb_exc_8
+    .quad mb_exc_9
+    .quad mb_exc_10
+    .quad mb_exc_11
+    .quad mb_exc_12
+    .quad mb_exc_13
+    .quad mb_exc_14
+    .quad mb_exc_15
+    .quad mb_exc_16
+    .quad mb_exc_17
+    .quad mb_exc_18
+    .quad mb_exc_19
+    .quad mb_exc_20
+    .quad mb_exc_21
+    .quad mb_exc_22
+    .quad mb_exc_23
+    .quad mb_exc_24
+    .quad mb_exc_25
+    .quad mb_exc_26
+    .quad mb_exc_27
+    .quad mb_exc_28
+    .quad mb_exc_29
+    .quad mb_exc_30
+    .quad mb_exc_31
+    .section .text._start, "ax"
     .balign 8
 mb_gdt:
     .quad 0
@@ -192,6 +365,18 @@ mb_saved_rsp: .skip 8
 mb_pm_cr0: .skip 4
 mb_pm_efer: .skip 4
 mb_pm_marker: .skip 4
+    .balign 8
+mb_try_rsp: .skip 8
+    .global mb_exc_vector, mb_exc_error, mb_exc_rip, mb_exc_cr2
+mb_exc_vector: .skip 8
+mb_exc_error: .skip 8
+mb_exc_rip: .skip 8
+mb_exc_cr2: .skip 8
+    .global mb_tf_stack
+mb_tf_stack: .skip 8
+    .balign 4096
+    .global mb_idt
+mb_idt: .skip 256 * 16
 "#,
     flags = const MB_FLAGS,
     options(att_syntax)
@@ -204,6 +389,21 @@ unsafe extern "C" {
     static mb_pm_marker: u32;
     static __image_start: u8;
     static __image_end: u8;
+    fn mb_try(f: unsafe extern "C" fn(), stack: u64) -> u64;
+    fn mb_do_ud();
+    fn mb_do_gp_noncanonical();
+    fn mb_do_gp_selector();
+    fn mb_do_pf_write();
+    fn mb_do_int3();
+    fn mb_do_tf_untouched();
+    fn mb_tf_expected();
+    static mut mb_tf_stack: u64;
+    static mb_exc_table: [u64; 32];
+    static mut mb_idt: [[u64; 2]; 256];
+    static mb_exc_vector: u64;
+    static mb_exc_error: u64;
+    static mb_exc_rip: u64;
+    static mb_exc_cr2: u64;
 }
 
 // ---- port I/O and COM1 ----
@@ -217,6 +417,10 @@ fn inb(port: u16) -> u8 {
     // SAFETY: as above.
     unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack)) }
     v
+}
+fn outw(port: u16, v: u16) {
+    // SAFETY: as above.
+    unsafe { asm!("out dx, ax", in("dx") port, in("ax") v, options(nomem, nostack)) }
 }
 fn outl(port: u16, v: u32) {
     // SAFETY: as above.
@@ -339,10 +543,6 @@ macro_rules! ensure {
         }
     };
 }
-
-/// The CPU and PC checks: exceptions, XSETBV, CR8, MSRs, LAPIC, PCI.
-#[path = "mbkernel/cpu.rs"]
-mod cpu;
 
 // ---- the checks ----
 
@@ -593,6 +793,217 @@ fn check_mode_roundtrip(_: &Ctx, why: &mut Msg) -> bool {
     true
 }
 
+// ---- exceptions ----
+
+/// Loads an IDT whose vectors 0-31 go to the stubs (64-bit interrupt
+/// gates, selector 0x08, DPL 0, no IST).
+fn setup_idt() {
+    for v in 0..32 {
+        // SAFETY: the table is read-only data of the asm above.
+        let a = unsafe { (&raw const mb_exc_table).cast::<u64>().add(v).read() };
+        let low = (a & 0xffff) | 0x08 << 16 | 0x8e00u64 << 32 | ((a >> 16) & 0xffff) << 48;
+        // SAFETY: only this function writes the IDT, before any exception.
+        unsafe {
+            (&raw mut mb_idt)
+                .cast::<[u64; 2]>()
+                .add(v)
+                .write([low, a >> 32])
+        };
+    }
+    let mut desc = [0u8; 10];
+    desc[..2].copy_from_slice(&(256u16 * 16 - 1).to_le_bytes());
+    desc[2..].copy_from_slice(&(&raw const mb_idt as u64).to_le_bytes());
+    // SAFETY: the IDT lives in the kernel's bss for good.
+    unsafe { asm!("lidt [{}]", in(reg) desc.as_ptr(), options(nostack)) };
+}
+
+/// What the last exception recorded: (vector, error code, RIP, CR2).
+fn last_exception() -> (u64, u64, u64, u64) {
+    // SAFETY: written by the exception stub before mb_try returned.
+    unsafe {
+        (
+            core::ptr::read_volatile(&raw const mb_exc_vector),
+            core::ptr::read_volatile(&raw const mb_exc_error),
+            core::ptr::read_volatile(&raw const mb_exc_rip),
+            core::ptr::read_volatile(&raw const mb_exc_cr2),
+        )
+    }
+}
+
+/// An exception outside `mb_try`: reported, then the kernel stops.
+#[unsafe(no_mangle)]
+extern "C" fn mb_unexpected(vector: u64, error: u64, rip: u64) -> ! {
+    say!("mbkernel: unexpected exception {vector} error {error:#x} at rip {rip:#x}");
+    say!("mbkernel: RESULT FAIL (unexpected exception)");
+    outl(DEBUG_EXIT, 3);
+    halt()
+}
+
+/// #UD, #BP, #GP (with error codes 0 and a selector) and #PF (error code
+/// and CR2) reach the kernel's own IDT with the frame the SDM describes.
+fn check_exceptions(_: &Ctx, why: &mut Msg) -> bool {
+    setup_idt();
+    let ud = mb_do_ud as *const () as u64;
+    let int3 = mb_do_int3 as *const () as u64;
+    let cases: [Expect; 5] = [
+        ("#UD", mb_do_ud, 0, 6, 0, Some(ud), None),
+        ("#BP", mb_do_int3, 0, 3, 0, Some(int3 + 1), None),
+        (
+            "#GP non-canonical",
+            mb_do_gp_noncanonical,
+            0,
+            13,
+            0,
+            None,
+            None,
+        ),
+        ("#GP selector", mb_do_gp_selector, 0, 13, 0x28, None, None),
+        ("#PF write", mb_do_pf_write, 0, 14, 2, None, Some(1 << 32)),
+    ];
+    cases.into_iter().all(|e| expect(e, why))
+}
+
+/// An exception whose frame is the first write to a page of RAM (so the
+/// hypervisor has not mapped it in the EPT yet): the delivery exits, and
+/// the event must still arrive, exactly once and unchanged (SDM 28.2.4,
+/// IDT-vectoring information). A fault (#UD) would be raised again by
+/// re-executing its instruction even if the event were dropped; a
+/// single-step trap (#DB) would not: it would arrive one instruction late.
+fn check_exception_frame_unmapped(c: &Ctx, why: &mut Msg) -> bool {
+    setup_idt();
+    // Two pages near the top of RAM, 2 MiB apart, that nothing touched.
+    let top = 0x10_0000 + u64::from(c.field(8)) * 1024;
+    ensure!(why, top >= 0x80_0000, "mem_upper too small for this check");
+    let ud = mb_do_ud as *const () as u64;
+    // SAFETY: read by mb_do_tf_untouched only.
+    unsafe { (&raw mut mb_tf_stack).write_volatile(top - 0x20_0000 - 0x800) };
+    let tf = mb_tf_expected as *const () as u64;
+    let cases: [Expect; 2] = [
+        (
+            "#UD, frame on an untouched page",
+            mb_do_ud,
+            top - 0x800,
+            6,
+            0,
+            Some(ud),
+            None,
+        ),
+        (
+            "#DB single step, frame on an untouched page",
+            mb_do_tf_untouched,
+            0,
+            1,
+            0,
+            Some(tf),
+            None,
+        ),
+    ];
+    cases.into_iter().all(|e| expect(e, why))
+}
+
+/// (name, function, stack (0 = this one), vector, error code, RIP (None:
+/// not checked), CR2 (None: not checked)).
+type Expect<'a> = (
+    &'a str,
+    unsafe extern "C" fn(),
+    u64,
+    u64,
+    u64,
+    Option<u64>,
+    Option<u64>,
+);
+
+fn expect((name, f, stack, vector, error, rip, cr2): Expect, why: &mut Msg) -> bool {
+    // SAFETY: f raises an exception or returns; mb_try restores state.
+    let got = unsafe { mb_try(f, stack) };
+    let (v, e, r, c2) = last_exception();
+    ensure!(
+        why,
+        got == vector && v == vector,
+        "{name}: got vector {got:#x}, want {vector}"
+    );
+    ensure!(
+        why,
+        e == error,
+        "{name}: error code {e:#x}, want {error:#x}"
+    );
+    ensure!(
+        why,
+        rip.is_none_or(|want| r == want),
+        "{name}: RIP {r:#x}, want {rip:x?}"
+    );
+    ensure!(
+        why,
+        cr2.is_none_or(|want| c2 == want),
+        "{name}: CR2 {c2:#x}, want {cr2:x?}"
+    );
+    say!("mbkernel: {name}: vector {v}, error {e:#x}, rip {r:#x}");
+    true
+}
+
+/// The CPU and PC checks: XSETBV, CR8, MSRs against CPUID, the local
+/// APIC's registers, PCI absent.
+#[path = "mbkernel/cpu.rs"]
+mod cpu;
+
+// ---- QEMU's fw_cfg (docs/specs/fw_cfg.rst in QEMU) ----
+
+const FW_CFG_SELECTOR: u16 = 0x510;
+const FW_CFG_DATA: u16 = 0x511;
+
+/// Selects item `key` and reads its first `N` bytes.
+fn fw_cfg<const N: usize>(key: u16) -> [u8; N] {
+    outw(FW_CFG_SELECTOR, key);
+    core::array::from_fn(|_| inb(FW_CFG_DATA))
+}
+
+/// The signature "QEMU", the ID (bit 0: the traditional interface), the
+/// CPU count, the RAM size and a well-formed file directory.
+fn check_fw_cfg(c: &Ctx, why: &mut Msg) -> bool {
+    let sig = fw_cfg::<4>(0x0000);
+    ensure!(why, &sig == b"QEMU", "signature {sig:x?}, want \"QEMU\"");
+    let id = u32::from_le_bytes(fw_cfg(0x0001));
+    ensure!(
+        why,
+        id & 1 != 0,
+        "ID {id:#x} lacks bit 0 (traditional interface)"
+    );
+    let cpus = u16::from_le_bytes(fw_cfg(0x0005));
+    ensure!(why, cpus == 1, "NB_CPUS {cpus}, want 1");
+    if let Some(mib) = c.num("expect_mem") {
+        let ram = u64::from_le_bytes(fw_cfg(0x0003));
+        ensure!(
+            why,
+            ram == mib << 20,
+            "RAM_SIZE {ram:#x}, want {:#x}",
+            mib << 20
+        );
+    }
+    // The file directory: a big-endian count, then 64-byte entries (size,
+    // select, reserved, a NUL-terminated name).
+    outw(FW_CFG_SELECTOR, 0x0019);
+    let count = u32::from_be_bytes(core::array::from_fn(|_| inb(FW_CFG_DATA)));
+    ensure!(why, count < 4096, "file directory of {count} entries");
+    for i in 0..count {
+        let e: [u8; 64] = core::array::from_fn(|_| inb(FW_CFG_DATA));
+        let name = &e[8..];
+        let len = name.iter().position(|&b| b == 0);
+        ensure!(
+            why,
+            len.is_some_and(|n| n > 0),
+            "file {i}: name not NUL-terminated or empty"
+        );
+        let select = u16::from_be_bytes([e[4], e[5]]);
+        ensure!(
+            why,
+            select >= 0x20,
+            "file {i}: selector {select:#x} below 0x20"
+        );
+    }
+    say!("mbkernel: fw_cfg: QEMU, ID {id:#x}, {cpus} CPU(s), {count} file(s)");
+    true
+}
+
 type Check = fn(&Ctx, &mut Msg) -> bool;
 
 /// Every check, in order. Mode switches last: if the hypervisor gets one
@@ -604,8 +1015,9 @@ const CHECKS: &[(&str, Check)] = &[
     ("module", check_module),
     ("mmap", check_memory_map),
     ("uart", check_uart),
-    ("exceptions", cpu::check_exceptions),
-    ("freshstack", cpu::check_exception_on_unmapped_stack),
+    ("exceptions", check_exceptions),
+    ("eptframe", check_exception_frame_unmapped),
+    ("fwcfg", check_fw_cfg),
     ("xsetbv", cpu::check_xsetbv),
     ("cr8", cpu::check_cr8),
     ("msrs", cpu::check_msrs_match_cpuid),

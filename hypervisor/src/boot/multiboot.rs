@@ -354,12 +354,9 @@ fn elf_pieces(image: &[u8]) -> Result<(Vec<Piece>, u64), MultibootError> {
     if image.get(elf::abi::EI_DATA) != Some(&elf::abi::ELFDATA2LSB) {
         return Err(Elf("not little endian"));
     }
-    let file =
-        ElfBytes::<LittleEndian>::minimal_parse(image).map_err(|_| MultibootError::Truncated {
-            what: "the ELF header or program headers",
-            end: 0,
-            file_len: image.len(),
-        })?;
+    let file = ElfBytes::<LittleEndian>::minimal_parse(image).map_err(|_| {
+        Elf("its header or program headers are cut short or malformed (a truncated file?)")
+    })?;
     let h = &file.ehdr;
     if h.e_machine != EM_386 && h.e_machine != EM_X86_64 {
         return Err(Elf("e_machine is neither EM_386 nor EM_X86_64"));
@@ -935,6 +932,16 @@ mod tests {
         let e = plan_of(&t).unwrap_err();
         assert!(matches!(e, MultibootError::Truncated { .. }), "{e}");
         assert!(e.to_string().contains("truncated"));
+        // Program headers cut off.
+        let mut t = elf32(0x10_0000, 0x10_0000, 0x10, 0x10, 0x10_0000);
+        t.truncate(0x50);
+        let h = Header {
+            offset: 0,
+            flags: 0,
+            aout: None,
+        };
+        let e = plan(&t, &h, &board).unwrap_err();
+        assert!(e.to_string().contains("cut short"), "{e}");
         // Entry outside the image.
         let e = plan_of(&elf32(0x10_0000, 0x10_0000, 0x10, 0x10, 0x30_0000)).unwrap_err();
         assert_eq!(e, MultibootError::BadEntry { entry: 0x30_0000 });

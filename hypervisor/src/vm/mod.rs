@@ -181,7 +181,8 @@ pub enum GuestImage<'a> {
     },
 }
 
-/// Why a kernel run cannot be built: the first line an xtask test matches.
+/// The refusal of a kernel run on a CPU without "unrestricted guest" (a
+/// kernel starts with paging off).
 pub const NEEDS_UNRESTRICTED: &str =
     "multiboot kernels need VMX unrestricted guest; this CPU does not offer it";
 
