@@ -295,3 +295,67 @@ fn a_fetch_fault_injects_page_fault_with_cr2() {
         Err(Stop::Contained { detail, .. }) if detail.contains("no memslot backs")
     ));
 }
+
+/// vCPU 0 in 32-bit protected mode with `cr0`/`cr4` paging and CR3 = `cr3`.
+fn vcpu32(vm: &TestVm, cr4: u64, cr3: u64, rip: u64) -> Vcpu<'_, MockHw, &'static TestMem> {
+    let mut v = vcpu(vm, 0, 0);
+    let h = &mut v.vmcs;
+    h.write_nat(
+        VmcsNatural::GuestCr0,
+        CR0_PE | CR0_ET | CR0_NE | CR0_PG | CR0_WP,
+    )
+    .unwrap();
+    h.write_nat(VmcsNatural::GuestCr4, cr4 | CR4_VMXE).unwrap();
+    h.write_nat(VmcsNatural::GuestCr3, cr3).unwrap();
+    h.write64(Vmcs64::GuestIa32Efer, 0).unwrap();
+    h.write32(Vmcs32::VmEntryControls, vm.controls.entry)
+        .unwrap();
+    h.write32(Vmcs32::GuestCsAccessRights, 0xc09b).unwrap();
+    h.write32(Vmcs32::GuestSsAccessRights, 0xc093).unwrap();
+    h.write_nat(VmcsNatural::GuestRip, rip).unwrap();
+    v.regs.rbx = DEV_REG;
+    v
+}
+
+#[test]
+fn fetch_through_32_bit_and_pae_paging() {
+    let (vm, dev) = vm_with_device();
+    // Code at gpa 0x10_0000, run at linear 0xc010_0000.
+    write_guest(vm, 0x10_0000, &[0x89, 0x03]); // mov [ebx], eax
+
+    // 32-bit paging, CR4.PSE: PDE 0x300 is a 4 MiB page at 0.
+    write_guest(vm, 0x1e_0000 + 0x300 * 4, &0x83u32.to_le_bytes());
+    let mut v = vcpu32(vm, CR4_PSE, 0x1e_0000, 0xc010_0000);
+    v.regs.rax = 0x11;
+    resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(rip(&v), 0xc010_0002);
+    // The accessed flag, set with a 4-byte compare-exchange.
+    let mut pde = [0u8; 4];
+    GuestMem::new(&vm.slots, &vm.mem)
+        .read(0x1e_0000 + 0x300 * 4, &mut pde)
+        .unwrap();
+    assert_eq!(u32::from_le_bytes(pde), 0x83 | 0x20);
+
+    // PAE: the PDPTEs come from the VMCS (what the CPU holds), not from
+    // the memory at CR3 (zeros here). PDPTE 3 → PD at 0x1e_1000, whose
+    // entry 0 is a 2 MiB page at 0.
+    write_guest(vm, 0x1e_1000, &0x83u64.to_le_bytes());
+    let mut v = vcpu32(vm, CR4_PAE, 0x1e_2000, 0xc010_0000);
+    v.vmcs.write64(Vmcs64::GuestPdpte3, 0x1e_1001).unwrap();
+    v.regs.rax = 0x22;
+    resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(rip(&v), 0xc010_0002);
+    // Without that PDPTE: not present, #PF with CR2 = the linear RIP.
+    let mut v = vcpu32(vm, CR4_PAE, 0x1e_2000, 0xc010_0000);
+    resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(v.vmcs.cr2, Some(0xc010_0000));
+    assert_eq!(
+        v.vmcs.read32(Vmcs32::VmEntryExceptionErrorCode).unwrap(),
+        0,
+        "not present, supervisor, no I/D without NXE"
+    );
+    let log = &dev.lock().log;
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0], ('w', 0x20, vec![0x11, 0, 0, 0]));
+    assert_eq!(log[1], ('w', 0x20, vec![0x22, 0, 0, 0]));
+}
