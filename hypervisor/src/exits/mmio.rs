@@ -90,6 +90,8 @@ struct Fetched {
     bytes: [u8; MAX_INSN_LEN],
     len: usize,
     second_page_fault: Option<crate::mm::walk::PageFault>,
+    /// The gpa of the second page, when no memslot backs it.
+    second_page_unbacked: Option<u64>,
 }
 
 /// Reads up to 15 bytes at CS.base + RIP through the guest's page tables,
@@ -112,6 +114,7 @@ fn fetch<H: Hw, M: HostMemory>(
         bytes: [0; MAX_INSN_LEN],
         len: 0,
         second_page_fault: None,
+        second_page_unbacked: None,
     };
     while out.len < MAX_INSN_LEN {
         let mut at = la.wrapping_add(out.len as u64);
@@ -127,9 +130,15 @@ fn fetch<H: Hw, M: HostMemory>(
             Err(e) => return Err(FetchError::Walk(e)),
         };
         let n = (MAX_INSN_LEN - out.len).min((0x1000 - (at & 0xfff)) as usize);
-        gm.read(t.gpa, &mut out.bytes[out.len..out.len + n])
-            .map_err(|gpa| FetchError::Unbacked { gpa })?;
-        out.len += n;
+        match gm.read(t.gpa, &mut out.bytes[out.len..out.len + n]) {
+            Ok(()) => out.len += n,
+            // The next page is not RAM: the instruction may end before it.
+            Err(at) if out.len > 0 => {
+                out.second_page_unbacked = Some(at);
+                break;
+            }
+            Err(gpa) => return Err(FetchError::Unbacked { gpa }),
+        }
     }
     Ok(out)
 }
@@ -255,6 +264,17 @@ pub fn emulate<H: Hw, M: HostMemory>(
         // The instruction runs into a page the guest has not mapped: the
         // CPU would have faulted fetching it.
         (Err(EmulateError::Truncated { .. }), Some(pf)) => inject_pf(v, pf),
+        (Err(e @ EmulateError::Truncated { .. }), None)
+            if fetched.second_page_unbacked.is_some() =>
+        {
+            Err(v.contain(
+                "MMIO: the instruction runs into memory no memslot backs",
+                format!(
+                    "gpa={gpa:#x} la={la:#x} code continues at gpa {:#x}: {e}",
+                    fetched.second_page_unbacked.unwrap_or(0)
+                ),
+            ))
+        }
         (Err(e), _) => Err(v.contain(
             "MMIO access the hypervisor does not emulate",
             format!("gpa={gpa:#x} {bits}-bit code at la={la:#x}: {e}",),

@@ -190,13 +190,13 @@ fn mmio_in_32_bit_protected_mode_with_paging_off() {
 #[test]
 fn an_unsupported_instruction_is_contained_with_its_bytes() {
     let (vm, dev) = vm_with_device();
-    // xchg [rbx], eax
-    write_guest(vm, 0x10_0000, &[0x87, 0x03, 0x90, 0x90]);
+    // xadd [rbx], eax
+    write_guest(vm, 0x10_0000, &[0x0f, 0xc1, 0x03, 0x90]);
     let mut v = vcpu64(vm, 0x10_0000);
     match mmio_fault(&mut v, READ | WRITE) {
         Err(Stop::Contained { what, detail }) => {
             assert_eq!(what, "MMIO access the hypervisor does not emulate");
-            assert!(detail.contains("bytes 87 03"), "{detail}");
+            assert!(detail.contains("bytes 0f c1 03"), "{detail}");
             assert!(detail.contains("gpa=0xfee00020"), "{detail}");
         }
         other => panic!("{other:?}"),
@@ -358,4 +358,33 @@ fn fetch_through_32_bit_and_pae_paging() {
     assert_eq!(log.len(), 2);
     assert_eq!(log[0], ('w', 0x20, vec![0x11, 0, 0, 0]));
     assert_eq!(log[1], ('w', 0x20, vec![0x22, 0, 0, 0]));
+}
+
+#[test]
+fn code_running_into_memory_no_slot_backs() {
+    let (vm, _) = vm_with_device();
+    // PD entry 1: a 2 MiB page at gpa 1 GiB, outside RAM.
+    let prep = |rip| {
+        let v = vcpu64(vm, rip);
+        write_guest(vm, PD + 8, &(0x4000_0000u64 | 0x83).to_le_bytes());
+        v
+    };
+    // An instruction that ends on the last RAM page runs.
+    write_guest(vm, 0x1f_fffe, &[0x89, 0x03]);
+    let mut v = prep(0x1f_fffe);
+    resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(rip(&v), 0x20_0000);
+    // One that needs the next page is contained, naming it.
+    write_guest(vm, 0x1f_ffff, &[0x89]);
+    let mut v = prep(0x1f_ffff);
+    match mmio_fault(&mut v, WRITE) {
+        Err(Stop::Contained { what, detail }) => {
+            assert_eq!(
+                what,
+                "MMIO: the instruction runs into memory no memslot backs"
+            );
+            assert!(detail.contains("gpa 0x40000000"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
