@@ -84,12 +84,12 @@ fn paging<H: Hw, M: HostMemory>(v: &Vcpu<H, M>) -> Result<Walk, Stop> {
     Ok(walk)
 }
 
-/// How a fetch went: the bytes, and a fault on the second page if the
-/// instruction may run into it.
+/// How a fetch went: the bytes, and why the second page could not be
+/// read, if the instruction may run into it.
 struct Fetched {
     bytes: [u8; MAX_INSN_LEN],
     len: usize,
-    second_page_fault: Option<crate::mm::walk::PageFault>,
+    second_page: Option<WalkError>,
     /// The gpa of the second page, when no memslot backs it.
     second_page_unbacked: Option<u64>,
 }
@@ -113,7 +113,7 @@ fn fetch<H: Hw, M: HostMemory>(
     let mut out = Fetched {
         bytes: [0; MAX_INSN_LEN],
         len: 0,
-        second_page_fault: None,
+        second_page: None,
         second_page_unbacked: None,
     };
     while out.len < MAX_INSN_LEN {
@@ -123,8 +123,9 @@ fn fetch<H: Hw, M: HostMemory>(
         }
         let t = match walk.translate(&mut gm, at, access) {
             Ok(t) => t,
-            Err(WalkError::PageFault(pf)) if out.len > 0 => {
-                out.second_page_fault = Some(pf);
+            // The instruction may end before the next page: decide later.
+            Err(e) if out.len > 0 => {
+                out.second_page = Some(e);
                 break;
             }
             Err(e) => return Err(FetchError::Walk(e)),
@@ -245,7 +246,7 @@ pub fn emulate<H: Hw, M: HostMemory>(
         &mut target,
     );
     let (new_rsp, new_rip, new_rflags) = (regs.rsp, regs.rip, regs.rflags);
-    match (result, fetched.second_page_fault) {
+    match (result, fetched.second_page) {
         (Ok(_), _) => {
             let h = &mut v.vmcs;
             h.write_nat(VmcsNatural::GuestRip, new_rip)?;
@@ -263,7 +264,11 @@ pub fn emulate<H: Hw, M: HostMemory>(
         }
         // The instruction runs into a page the guest has not mapped: the
         // CPU would have faulted fetching it.
-        (Err(EmulateError::Truncated { .. }), Some(pf)) => inject_pf(v, pf),
+        (Err(EmulateError::Truncated { .. }), Some(WalkError::PageFault(pf))) => inject_pf(v, pf),
+        (Err(e @ EmulateError::Truncated { .. }), Some(walk_error)) => Err(v.contain(
+            "MMIO: fetching the instruction failed",
+            format!("gpa={gpa:#x} la={la:#x} on its second page: {walk_error}: {e}"),
+        )),
         (Err(e @ EmulateError::Truncated { .. }), None)
             if fetched.second_page_unbacked.is_some() =>
         {
@@ -277,7 +282,7 @@ pub fn emulate<H: Hw, M: HostMemory>(
         }
         (Err(e), _) => Err(v.contain(
             "MMIO access the hypervisor does not emulate",
-            format!("gpa={gpa:#x} {bits}-bit code at la={la:#x}: {e}",),
+            format!("gpa={gpa:#x} {bits}-bit code at la={la:#x}: {e}"),
         )),
     }
 }
