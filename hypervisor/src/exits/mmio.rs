@@ -16,13 +16,16 @@
 use crate::decode::{self, EmulateError, MmioAccess, Regs, SegmentBases, MAX_INSN_LEN};
 use crate::devices::MmioBus;
 use crate::mm::guest_mem::GuestMem;
-use crate::mm::walk::{AccessKind, PagingMode, Walk, WalkAccess, WalkError};
+use crate::mm::memslot::SlotFlags;
+use crate::mm::walk::{AccessKind, PageTableMemory, PagingMode, Walk, WalkAccess, WalkError};
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Hw, Stop, Vcpu};
+use crate::vm::Vm;
 use crate::vmx::exit::{vector, EptViolation, InterruptionInfo};
 use crate::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
-use crate::x86::CR0_PE;
+use crate::x86::{CR0_PE, PAGE_SIZE};
 use alloc::format;
+use core::sync::atomic::{fence, Ordering};
 
 /// Whether an access at `gpa` that no memslot backs goes to a device:
 /// the EPT-violation handler asks this first. A per-vCPU device (the local
@@ -84,6 +87,38 @@ fn paging<H: Hw, M: HostMemory>(v: &Vcpu<H, M>) -> Result<Walk, Stop> {
     Ok(walk)
 }
 
+/// The guest's page tables as the walker reads and updates them: through
+/// the memslots, with the accessed/dirty flag updates the CPU would make
+/// logged like any guest write (a dirty-logged slot's page is marked after
+/// the write, as `ept::after_write_access` does), and never written in a
+/// read-only slot (there the CPU's own update would have exited as a write
+/// to read-only memory; the flag is left as it is).
+struct Tables<'a, M: HostMemory> {
+    gm: GuestMem<'a, M>,
+    vm: &'a Vm<M>,
+}
+
+impl<M: HostMemory> PageTableMemory for Tables<'_, M> {
+    fn read_entry(&mut self, gpa: u64, wide: bool) -> Result<u64, u64> {
+        self.gm.read_entry(gpa, wide)
+    }
+    fn update_entry(&mut self, gpa: u64, wide: bool, old: u64, new: u64) -> Result<bool, u64> {
+        let gfn = gpa / PAGE_SIZE;
+        let slot = self.vm.slots.lookup(gfn, &mut self.gm.stats).ok_or(gpa)?;
+        if slot.flags().contains(SlotFlags::READONLY) {
+            return Ok(true);
+        }
+        let done = self.gm.compare_exchange(gpa, wide, old, new)?;
+        if done {
+            fence(Ordering::SeqCst);
+            if slot.flags().contains(SlotFlags::DIRTY_LOG) {
+                self.vm.mark_dirty(slot, gfn);
+            }
+        }
+        Ok(done)
+    }
+}
+
 /// How a fetch went: the bytes, and why the second page could not be
 /// read, if the instruction may run into it.
 struct Fetched {
@@ -109,7 +144,10 @@ fn fetch<H: Hw, M: HostMemory>(
         ac: false,
         ..WalkAccess::new(AccessKind::Fetch, cpl)
     };
-    let mut gm = GuestMem::new(&v.vm.slots, &v.vm.mem);
+    let mut gm = Tables {
+        gm: GuestMem::new(&v.vm.slots, &v.vm.mem),
+        vm: v.vm,
+    };
     let mut out = Fetched {
         bytes: [0; MAX_INSN_LEN],
         len: 0,
@@ -131,7 +169,7 @@ fn fetch<H: Hw, M: HostMemory>(
             Err(e) => return Err(FetchError::Walk(e)),
         };
         let n = (MAX_INSN_LEN - out.len).min((0x1000 - (at & 0xfff)) as usize);
-        match gm.read(t.gpa, &mut out.bytes[out.len..out.len + n]) {
+        match gm.gm.read(t.gpa, &mut out.bytes[out.len..out.len + n]) {
             Ok(()) => out.len += n,
             // The next page is not RAM: the instruction may end before it.
             Err(at) if out.len > 0 => {

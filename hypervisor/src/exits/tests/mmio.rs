@@ -388,3 +388,34 @@ fn code_running_into_memory_no_slot_backs() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn accessed_flags_are_logged_and_read_only_tables_stay_untouched() {
+    let (vm, _) = vm_with_device();
+    write_guest(vm, 0x10_0000, &[0x89, 0x03]);
+    // Slot 0 dirty-logged: the walk's A-flag writes mark the table pages.
+    let slot0 = vm.slots.iter().next().unwrap();
+    slot0.insert_flags(SlotFlags::DIRTY_LOG);
+    let mut v = vcpu64(vm, 0x10_0000);
+    resumes(mmio_fault(&mut v, WRITE));
+    let mut words = vec![0u64; 8];
+    vm.dirty[0].get_and_clear(&mut words, |_| {}).unwrap();
+    // PML4, PDPT and PD at gfns 0x1f0-0x1f2: word 7, bits 48-50.
+    assert_eq!(words[7], 0b111 << 48);
+    assert_eq!(words[..7], [0; 7]);
+    // Tables in the read-only slot (slot 1, from 2 MiB): walked, not written.
+    let (ro_pml4, ro_pdpt, ro_pd) = (0x30_0000u64, 0x30_1000u64, 0x30_2000u64);
+    write_guest(vm, ro_pml4, &(ro_pdpt | 3).to_le_bytes());
+    write_guest(vm, ro_pdpt, &(ro_pd | 3).to_le_bytes());
+    write_guest(vm, ro_pd, &0x83u64.to_le_bytes());
+    let mut v = vcpu64(vm, 0x10_0000);
+    v.vmcs.write_nat(VmcsNatural::GuestCr3, ro_pml4).unwrap();
+    resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(rip(&v), 0x10_0002);
+    assert_eq!(
+        read_guest_u64(vm, ro_pml4),
+        ro_pdpt | 3,
+        "no A flag written"
+    );
+    assert_eq!(read_guest_u64(vm, ro_pd), 0x83);
+}
