@@ -93,8 +93,8 @@ impl Regs<'_> {
     }
 }
 
-/// Segment bases, by the SDM's segment-register number (ES, CS, SS, DS,
-/// FS, GS: table 3-? of Vol. 2, "Sreg").
+/// Segment bases, in the order of the segment registers' encoding in an
+/// instruction's Sreg field: ES = 0, CS, SS, DS, FS, GS = 5.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SegmentBases(pub [u64; 6]);
 
