@@ -10,7 +10,8 @@
 //!   mode); MOVZX, MOVSX, MOVSXD;
 //! - ADD, SUB, AND, OR, XOR with a memory destination (read, compute,
 //!   write back; LOCK accepted) or a memory source into a register;
-//! - CMP and TEST: flags only.
+//! - CMP and TEST: flags only;
+//! - XCHG with memory (some APIC drivers write registers with it).
 //!
 //! Register writes follow the SDM (3.4.1.1): a 32-bit destination is
 //! zero-extended to 64 bits, 8- and 16-bit destinations merge into the
@@ -18,7 +19,7 @@
 //! XOR and TEST clear CF and OF, set PF, ZF and SF, and clear AF (which the
 //! SDM leaves undefined).
 //!
-//! Anything else — string instructions, XCHG, BT*, instructions with two
+//! Anything else — string instructions, BT*, INC/DEC/NEG/NOT, ADC/SBB, instructions with two
 //! memory operands or none, accesses wider than 8 bytes (SSE/AVX) — is an
 //! [`EmulateError`] that carries the instruction bytes.
 //!
@@ -92,8 +93,8 @@ impl Regs<'_> {
     }
 }
 
-/// Segment bases, by the SDM's segment-register number (ES, CS, SS, DS,
-/// FS, GS: table 3-? of Vol. 2, "Sreg").
+/// Segment bases, in the order of the segment registers' encoding in an
+/// instruction's Sreg field: ES = 0, CS, SS, DS, FS, GS = 5.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SegmentBases(pub [u64; 6]);
 
@@ -430,7 +431,12 @@ pub fn emulate<D: Mmio>(
         && !(m == 0
             && matches!(
                 mnemonic,
-                Mnemonic::Add | Mnemonic::Sub | Mnemonic::And | Mnemonic::Or | Mnemonic::Xor
+                Mnemonic::Add
+                    | Mnemonic::Sub
+                    | Mnemonic::And
+                    | Mnemonic::Or
+                    | Mnemonic::Xor
+                    | Mnemonic::Xchg
             ))
     {
         // The decoder refuses LOCK where the CPU raises #UD; keep the rule
@@ -509,6 +515,14 @@ pub fn emulate<D: Mmio>(
                 regs.write(g, r);
                 set_flags(regs, flags);
             }
+        }
+        // XCHG with memory: locked whatever the prefix (SDM Vol. 2, XCHG).
+        Mnemonic::Xchg => {
+            let g = dest_reg(other)?;
+            let old = load(dev);
+            let v = regs.read(g);
+            dev.write(gpa, &v.to_le_bytes()[..size]);
+            regs.write(g, old);
         }
         Mnemonic::Cmp | Mnemonic::Test => {
             let op = if mnemonic == Mnemonic::Cmp {

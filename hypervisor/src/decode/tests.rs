@@ -344,6 +344,27 @@ fn alu_read_modify_write_forms() {
 }
 
 #[test]
+fn xchg_swaps_register_and_device() {
+    // xchg [rbx], eax; xchg cl, [rbx] (86 0b); lock xchg [rbx], rax.
+    let r = run64(&[0x87, 0x03], |g, d| {
+        g.rax = 0xffff_ffff_1111_1111;
+        d.set(GPA, &[0x22, 0x22, 0x22, 0x22]);
+    });
+    ok_no_flags(&r, &[0x87, 0x03]);
+    assert_eq!(r.gprs.rax, 0x2222_2222, "zero-extended");
+    assert_eq!(r.dev.writes(), vec![(GPA, vec![0x11; 4])]);
+    let r = run64(&[0x86, 0x0b], |g, d| {
+        g.rcx = 0x1234;
+        d.set(GPA, &[0x99]);
+    });
+    assert_eq!(r.gprs.rcx, 0x1299);
+    assert_eq!(r.dev.writes(), vec![(GPA, vec![0x34])]);
+    let r = run64(&[0xf0, 0x48, 0x87, 0x03], |g, _| g.rax = 5);
+    assert!(r.result.is_ok(), "{:?}", r.result);
+    assert_eq!(r.dev.writes(), vec![(GPA, vec![5, 0, 0, 0, 0, 0, 0, 0])]);
+}
+
+#[test]
 fn cmp_and_test_only_set_flags() {
     let cases: &[(&[u8], u32, u64, u64)] = &[
         // cmp dword [rbx], 5 (equal)
@@ -523,13 +544,13 @@ fn fs_and_gs_bases_count_in_64_bit_mode_the_others_do_not() {
 #[test]
 fn refusals_carry_the_bytes() {
     let cases: &[(&[u8], &str)] = &[
-        (&[0xa4], "string instruction"),      // movsb
-        (&[0x87, 0x03], "form not emulated"), // xchg [rbx], eax
+        (&[0xa4], "string instruction"),            // movsb
+        (&[0x0f, 0xc1, 0x03], "form not emulated"), // xadd [rbx], eax
         (&[0x0f, 0x10, 0x03], "not an 8/16/32/64-bit integer access"), // movups xmm0, [rbx]
-        (&[0x0f, 0x0b], "no memory operand"), // ud2
+        (&[0x0f, 0x0b], "no memory operand"),       // ud2
         (&[0x0f, 0xa3, 0x03], "form not emulated"), // bt [rbx], eax
-        (&[0x8c, 0x1b], "not a general register"), // mov [rbx], ds
-        (&[0xff, 0x03], "not a two-operand form"), // inc dword [rbx]
+        (&[0x8c, 0x1b], "not a general register"),  // mov [rbx], ds
+        (&[0xff, 0x03], "not a two-operand form"),  // inc dword [rbx]
     ];
     for &(bytes, why) in cases {
         let r = run64(bytes, |_, _| {});

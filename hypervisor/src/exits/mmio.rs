@@ -18,13 +18,16 @@ use crate::decode::{self, EmulateError, MmioAccess, Regs, SegmentBases, MAX_INSN
 use crate::devices::lapic::Lapic;
 use crate::devices::MmioBus;
 use crate::mm::guest_mem::GuestMem;
-use crate::mm::walk::{AccessKind, PagingMode, Walk, WalkAccess, WalkError};
+use crate::mm::memslot::SlotFlags;
+use crate::mm::walk::{AccessKind, PageTableMemory, PagingMode, Walk, WalkAccess, WalkError};
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Hw, Stop, Vcpu};
+use crate::vm::Vm;
 use crate::vmx::exit::{vector, EptViolation, InterruptionInfo};
 use crate::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
-use crate::x86::CR0_PE;
+use crate::x86::{CR0_PE, PAGE_SIZE};
 use alloc::format;
+use core::sync::atomic::{fence, Ordering};
 use spin::Mutex;
 
 /// Whether an access at `gpa` that no memslot backs goes to a device:
@@ -109,12 +112,55 @@ pub(super) fn paging<H: Hw, M: HostMemory>(v: &Vcpu<H, M>) -> Result<Walk, Stop>
     Ok(walk)
 }
 
-/// How a fetch went: the bytes, and a fault on the second page if the
-/// instruction may run into it.
+/// The guest's page tables as the walker reads and updates them: through
+/// the memslots, with the accessed/dirty flag updates the CPU would make
+/// logged like any guest write (a dirty-logged slot's page is marked after
+/// the write, as `ept::after_write_access` does), and never written in a
+/// read-only slot (there the CPU's own update would have exited as a write
+/// to read-only memory; the flag is left as it is).
+pub(super) struct Tables<'a, M: HostMemory> {
+    gm: GuestMem<'a, M>,
+    vm: &'a Vm<M>,
+}
+
+impl<'a, M: HostMemory> Tables<'a, M> {
+    pub(super) fn new(vm: &'a Vm<M>) -> Self {
+        Tables {
+            gm: GuestMem::new(&vm.slots, &vm.mem),
+            vm,
+        }
+    }
+}
+
+impl<M: HostMemory> PageTableMemory for Tables<'_, M> {
+    fn read_entry(&mut self, gpa: u64, wide: bool) -> Result<u64, u64> {
+        self.gm.read_entry(gpa, wide)
+    }
+    fn update_entry(&mut self, gpa: u64, wide: bool, old: u64, new: u64) -> Result<bool, u64> {
+        let gfn = gpa / PAGE_SIZE;
+        let slot = self.vm.slots.lookup(gfn, &mut self.gm.stats).ok_or(gpa)?;
+        if slot.flags().contains(SlotFlags::READONLY) {
+            return Ok(true);
+        }
+        let done = self.gm.compare_exchange(gpa, wide, old, new)?;
+        if done {
+            fence(Ordering::SeqCst);
+            if slot.flags().contains(SlotFlags::DIRTY_LOG) {
+                self.vm.mark_dirty(slot, gfn);
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// How a fetch went: the bytes, and why the second page could not be
+/// read, if the instruction may run into it.
 struct Fetched {
     bytes: [u8; MAX_INSN_LEN],
     len: usize,
-    second_page_fault: Option<crate::mm::walk::PageFault>,
+    second_page: Option<WalkError>,
+    /// The gpa of the second page, when no memslot backs it.
+    second_page_unbacked: Option<u64>,
 }
 
 /// Reads up to 15 bytes at CS.base + RIP through the guest's page tables,
@@ -132,11 +178,15 @@ fn fetch<H: Hw, M: HostMemory>(
         ac: false,
         ..WalkAccess::new(AccessKind::Fetch, cpl)
     };
-    let mut gm = GuestMem::new(&v.vm.slots, &v.vm.mem);
+    let mut gm = Tables {
+        gm: GuestMem::new(&v.vm.slots, &v.vm.mem),
+        vm: v.vm,
+    };
     let mut out = Fetched {
         bytes: [0; MAX_INSN_LEN],
         len: 0,
-        second_page_fault: None,
+        second_page: None,
+        second_page_unbacked: None,
     };
     while out.len < MAX_INSN_LEN {
         let mut at = la.wrapping_add(out.len as u64);
@@ -145,16 +195,23 @@ fn fetch<H: Hw, M: HostMemory>(
         }
         let t = match walk.translate(&mut gm, at, access) {
             Ok(t) => t,
-            Err(WalkError::PageFault(pf)) if out.len > 0 => {
-                out.second_page_fault = Some(pf);
+            // The instruction may end before the next page: decide later.
+            Err(e) if out.len > 0 => {
+                out.second_page = Some(e);
                 break;
             }
             Err(e) => return Err(FetchError::Walk(e)),
         };
         let n = (MAX_INSN_LEN - out.len).min((0x1000 - (at & 0xfff)) as usize);
-        gm.read(t.gpa, &mut out.bytes[out.len..out.len + n])
-            .map_err(|gpa| FetchError::Unbacked { gpa })?;
-        out.len += n;
+        match gm.gm.read(t.gpa, &mut out.bytes[out.len..out.len + n]) {
+            Ok(()) => out.len += n,
+            // The next page is not RAM: the instruction may end before it.
+            Err(at) if out.len > 0 => {
+                out.second_page_unbacked = Some(at);
+                break;
+            }
+            Err(gpa) => return Err(FetchError::Unbacked { gpa }),
+        }
     }
     Ok(out)
 }
@@ -265,7 +322,7 @@ pub fn emulate<H: Hw, M: HostMemory>(
         &mut target,
     );
     let (new_rsp, new_rip, new_rflags) = (regs.rsp, regs.rip, regs.rflags);
-    match (result, fetched.second_page_fault) {
+    match (result, fetched.second_page) {
         (Ok(_), _) => {
             let h = &mut v.vmcs;
             h.write_nat(VmcsNatural::GuestRip, new_rip)?;
@@ -283,10 +340,25 @@ pub fn emulate<H: Hw, M: HostMemory>(
         }
         // The instruction runs into a page the guest has not mapped: the
         // CPU would have faulted fetching it.
-        (Err(EmulateError::Truncated { .. }), Some(pf)) => inject_pf(v, pf),
+        (Err(EmulateError::Truncated { .. }), Some(WalkError::PageFault(pf))) => inject_pf(v, pf),
+        (Err(e @ EmulateError::Truncated { .. }), Some(walk_error)) => Err(v.contain(
+            "MMIO: fetching the instruction failed",
+            format!("gpa={gpa:#x} la={la:#x} on its second page: {walk_error}: {e}"),
+        )),
+        (Err(e @ EmulateError::Truncated { .. }), None)
+            if fetched.second_page_unbacked.is_some() =>
+        {
+            Err(v.contain(
+                "MMIO: the instruction runs into memory no memslot backs",
+                format!(
+                    "gpa={gpa:#x} la={la:#x} code continues at gpa {:#x}: {e}",
+                    fetched.second_page_unbacked.unwrap_or(0)
+                ),
+            ))
+        }
         (Err(e), _) => Err(v.contain(
             "MMIO access the hypervisor does not emulate",
-            format!("gpa={gpa:#x} {bits}-bit code at la={la:#x}: {e}",),
+            format!("gpa={gpa:#x} {bits}-bit code at la={la:#x}: {e}"),
         )),
     }
 }

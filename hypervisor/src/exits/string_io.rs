@@ -17,7 +17,8 @@
 //! checked (flat segments assumed); an element in device memory (no RAM
 //! behind it) is contained.
 
-use super::mmio::{inject_pf, paging};
+use super::mmio::{inject_pf, paging, Tables};
+use crate::mm::memslot::SlotFlags;
 use crate::mm::walk::{AccessKind, WalkAccess, WalkError};
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Hw, Stop, Vcpu};
@@ -111,6 +112,7 @@ pub fn handle<H: Hw, M: HostMemory>(
     );
     let mut moved = 0;
     let mut fault = None;
+    let mut tables = Tables::new(v.vm);
     let mut gm = v.vm.guest_mem();
     while count > 0 && moved < MAX_PER_EXIT {
         let mut la = base.wrapping_add(index);
@@ -121,7 +123,7 @@ pub fn handle<H: Hw, M: HostMemory>(
         // two distinct pages).
         let mut gpas = [0u64; 4];
         for (i, g) in gpas.iter_mut().enumerate().take(size as usize) {
-            match walk.translate(&mut gm, la.wrapping_add(i as u64), access) {
+            match walk.translate(&mut tables, la.wrapping_add(i as u64), access) {
                 Ok(t) => *g = t.gpa,
                 Err(WalkError::PageFault(pf)) => {
                     fault = Some(pf);
@@ -141,6 +143,18 @@ pub fn handle<H: Hw, M: HostMemory>(
         let mut data = [0u8; 4];
         let data = &mut data[..size as usize];
         if input {
+            // A read-only slot takes no write, as the EPT would refuse it.
+            let readonly = gpas[..data.len()].iter().any(|&g| {
+                v.vm.slots
+                    .lookup(g / 4096, &mut gm.stats)
+                    .is_some_and(|s| s.flags().contains(SlotFlags::READONLY))
+            });
+            if readonly {
+                return Err(v.contain(
+                    "write to a read-only memslot",
+                    format!("INS from port {port:#x} to gpa={:#x}", gpas[0]),
+                ));
+            }
             v.vm.pio.read(port, data);
             for (i, b) in data.iter().enumerate() {
                 if gm.write(gpas[i], core::slice::from_ref(b)).is_err() {

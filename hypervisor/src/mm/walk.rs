@@ -24,7 +24,9 @@
 //! write, each with a compare-exchange as the CPU does it atomically; if an
 //! entry changed meanwhile, the walk starts over. A faulting walk sets
 //! nothing. The instruction fetch for MMIO runs with it on: the CPU itself
-//! just fetched the same bytes, so the flags are normally set already.
+//! just fetched the same bytes, so the flags are normally set already;
+//! `exits::mmio` logs those writes in dirty-logged slots and leaves tables
+//! in read-only slots unwritten.
 
 use crate::x86::{CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE};
 

@@ -194,13 +194,13 @@ fn mmio_in_32_bit_protected_mode_with_paging_off() {
 #[test]
 fn an_unsupported_instruction_is_contained_with_its_bytes() {
     let (vm, dev) = vm_with_device();
-    // xchg [rbx], eax
-    write_guest(vm, 0x10_0000, &[0x87, 0x03, 0x90, 0x90]);
+    // xadd [rbx], eax
+    write_guest(vm, 0x10_0000, &[0x0f, 0xc1, 0x03, 0x90]);
     let mut v = vcpu64(vm, 0x10_0000);
     match mmio_fault(&mut v, READ | WRITE) {
         Err(Stop::Contained { what, detail }) => {
             assert_eq!(what, "MMIO access the hypervisor does not emulate");
-            assert!(detail.contains("bytes 87 03"), "{detail}");
+            assert!(detail.contains("bytes 0f c1 03"), "{detail}");
             assert!(detail.contains("gpa=0xfed00020"), "{detail}");
         }
         other => panic!("{other:?}"),
@@ -398,4 +398,128 @@ fn string_io_moves_elements_through_the_guests_page_tables() {
     let pf = InterruptionInfo::hardware_exception(crate::vmx::exit::vector::PF, true);
     assert_eq!(injected(&v), pf.to_raw());
     assert_eq!(v.vmcs.cr2, Some(0x20_0000));
+}
+
+/// vCPU 0 in 32-bit protected mode with `cr0`/`cr4` paging and CR3 = `cr3`.
+fn vcpu32(vm: &TestVm, cr4: u64, cr3: u64, rip: u64) -> Vcpu<'_, MockHw, &'static TestMem> {
+    let mut v = vcpu(vm, 0, 0);
+    let h = &mut v.vmcs;
+    h.write_nat(
+        VmcsNatural::GuestCr0,
+        CR0_PE | CR0_ET | CR0_NE | CR0_PG | CR0_WP,
+    )
+    .unwrap();
+    h.write_nat(VmcsNatural::GuestCr4, cr4 | CR4_VMXE).unwrap();
+    h.write_nat(VmcsNatural::GuestCr3, cr3).unwrap();
+    h.write64(Vmcs64::GuestIa32Efer, 0).unwrap();
+    h.write32(Vmcs32::VmEntryControls, vm.controls.entry)
+        .unwrap();
+    h.write32(Vmcs32::GuestCsAccessRights, 0xc09b).unwrap();
+    h.write32(Vmcs32::GuestSsAccessRights, 0xc093).unwrap();
+    h.write_nat(VmcsNatural::GuestRip, rip).unwrap();
+    v.regs.rbx = DEV_REG;
+    v
+}
+
+#[test]
+fn fetch_through_32_bit_and_pae_paging() {
+    let (vm, dev) = vm_with_device();
+    // Code at gpa 0x10_0000, run at linear 0xc010_0000.
+    write_guest(vm, 0x10_0000, &[0x89, 0x03]); // mov [ebx], eax
+
+    // 32-bit paging, CR4.PSE: PDE 0x300 is a 4 MiB page at 0.
+    write_guest(vm, 0x1e_0000 + 0x300 * 4, &0x83u32.to_le_bytes());
+    let mut v = vcpu32(vm, CR4_PSE, 0x1e_0000, 0xc010_0000);
+    v.regs.rax = 0x11;
+    resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(rip(&v), 0xc010_0002);
+    // The accessed flag, set with a 4-byte compare-exchange.
+    let mut pde = [0u8; 4];
+    GuestMem::new(&vm.slots, &vm.mem)
+        .read(0x1e_0000 + 0x300 * 4, &mut pde)
+        .unwrap();
+    assert_eq!(u32::from_le_bytes(pde), 0x83 | 0x20);
+
+    // PAE: the PDPTEs come from the VMCS (what the CPU holds), not from
+    // the memory at CR3 (zeros here). PDPTE 3 → PD at 0x1e_1000, whose
+    // entry 0 is a 2 MiB page at 0.
+    write_guest(vm, 0x1e_1000, &0x83u64.to_le_bytes());
+    let mut v = vcpu32(vm, CR4_PAE, 0x1e_2000, 0xc010_0000);
+    v.vmcs.write64(Vmcs64::GuestPdpte3, 0x1e_1001).unwrap();
+    v.regs.rax = 0x22;
+    resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(rip(&v), 0xc010_0002);
+    // Without that PDPTE: not present, #PF with CR2 = the linear RIP.
+    let mut v = vcpu32(vm, CR4_PAE, 0x1e_2000, 0xc010_0000);
+    resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(v.vmcs.cr2, Some(0xc010_0000));
+    assert_eq!(
+        v.vmcs.read32(Vmcs32::VmEntryExceptionErrorCode).unwrap(),
+        0,
+        "not present, supervisor, no I/D without NXE"
+    );
+    let log = &dev.lock().log;
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[0], ('w', 0x20, vec![0x11, 0, 0, 0]));
+    assert_eq!(log[1], ('w', 0x20, vec![0x22, 0, 0, 0]));
+}
+
+#[test]
+fn code_running_into_memory_no_slot_backs() {
+    let (vm, _) = vm_with_device();
+    // PD entry 1: a 2 MiB page at gpa 1 GiB, outside RAM.
+    let prep = |rip| {
+        let v = vcpu64(vm, rip);
+        write_guest(vm, PD + 8, &(0x4000_0000u64 | 0x83).to_le_bytes());
+        v
+    };
+    // An instruction that ends on the last RAM page runs.
+    write_guest(vm, 0x1f_fffe, &[0x89, 0x03]);
+    let mut v = prep(0x1f_fffe);
+    resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(rip(&v), 0x20_0000);
+    // One that needs the next page is contained, naming it.
+    write_guest(vm, 0x1f_ffff, &[0x89]);
+    let mut v = prep(0x1f_ffff);
+    match mmio_fault(&mut v, WRITE) {
+        Err(Stop::Contained { what, detail }) => {
+            assert_eq!(
+                what,
+                "MMIO: the instruction runs into memory no memslot backs"
+            );
+            assert!(detail.contains("gpa 0x40000000"), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn accessed_flags_are_logged_and_read_only_tables_stay_untouched() {
+    let (vm, _) = vm_with_device();
+    write_guest(vm, 0x10_0000, &[0x89, 0x03]);
+    // Slot 0 dirty-logged: the walk's A-flag writes mark the table pages.
+    let slot0 = vm.slots.iter().next().unwrap();
+    slot0.insert_flags(SlotFlags::DIRTY_LOG);
+    let mut v = vcpu64(vm, 0x10_0000);
+    resumes(mmio_fault(&mut v, WRITE));
+    let mut words = vec![0u64; 8];
+    vm.dirty[0].get_and_clear(&mut words, |_| {}).unwrap();
+    // PML4, PDPT and PD at gfns 0x1f0-0x1f2: word 7, bits 48-50.
+    assert_eq!(words[7], 0b111 << 48);
+    assert_eq!(words[..7], [0; 7]);
+    // Tables in the read-only slot (slot 1, from 2 MiB): walked, not written.
+    let (ro_pml4, ro_pdpt, ro_pd) = (0x30_0000u64, 0x30_1000u64, 0x30_2000u64);
+    write_guest(vm, ro_pml4, &(ro_pdpt | 3).to_le_bytes());
+    write_guest(vm, ro_pdpt, &(ro_pd | 3).to_le_bytes());
+    write_guest(vm, ro_pd, &0x83u64.to_le_bytes());
+    let mut v = vcpu64(vm, 0x10_0000);
+    v.vmcs.write_nat(VmcsNatural::GuestCr3, ro_pml4).unwrap();
+    resumes(mmio_fault(&mut v, WRITE));
+    assert_eq!(rip(&v), 0x10_0002);
+    assert_eq!(
+        read_guest_u64(vm, ro_pml4),
+        ro_pdpt | 3,
+        "no A flag written"
+    );
+    assert_eq!(read_guest_u64(vm, ro_pd), 0x83);
 }
