@@ -203,6 +203,7 @@ pub fn check_msrs_match_cpuid(_: &Ctx, why: &mut Msg) -> bool {
     unsafe {
         asm!("wrmsr", in("ecx") 0x10, in("eax") t as u32, in("edx") (t >> 32) as u32, options(nomem, nostack))
     };
+    // SAFETY: RDTSC has no side effects.
     let now = unsafe { core::arch::x86_64::_rdtsc() };
     ensure!(
         why,
@@ -267,6 +268,7 @@ pub fn check_lapic_registers(_: &Ctx, why: &mut Msg) -> bool {
         "TPR {tpr:#x} (CMP said {eq}) after MOV 0x3F, AND 0xF0"
     );
     // PPR follows TPR with nothing in service.
+    // SAFETY: an MMIO read of PPR, identity-mapped.
     let ppr = unsafe { apic(0xa0).read_volatile() };
     ensure!(why, ppr == 0x30, "PPR {ppr:#x} with TPR 0x30");
     let masked: u8;
