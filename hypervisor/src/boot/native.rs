@@ -141,6 +141,14 @@ pub fn initial_state(entry: u64, layout: &Layout, id: u32) -> GuestState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_abi_carries_the_hypervisors_cpuid_signature() {
+        assert_eq!(
+            crate::boot::abi::CPUID_SIGNATURE,
+            crate::machine::cpuid::SIGNATURE
+        );
+    }
     use std::collections::HashMap;
 
     /// Walks the tables like the CPU would (4-level, 2 MiB leaves).

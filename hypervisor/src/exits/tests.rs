@@ -155,10 +155,16 @@ fn vcpu(vm: &TestVm, id: u32, q: u64) -> Vcpu<'_, MockHw, &'static TestMem> {
     h.write_nat(VmcsNatural::ExitQualification, q).unwrap();
     // 64-bit mode, as a native guest runs.
     let s = vm.initial_state(id);
-    h.write_nat(VmcsNatural::Cr0GuestHostMask, crate::vcpu::CR0_HOST_OWNED)
-        .unwrap();
-    h.write_nat(VmcsNatural::Cr4GuestHostMask, crate::vcpu::CR4_HOST_OWNED)
-        .unwrap();
+    h.write_nat(
+        VmcsNatural::Cr0GuestHostMask,
+        crate::vmx::controls::CR0_HOST_OWNED,
+    )
+    .unwrap();
+    h.write_nat(
+        VmcsNatural::Cr4GuestHostMask,
+        crate::vmx::controls::CR4_HOST_OWNED,
+    )
+    .unwrap();
     h.write32(Vmcs32::GuestCsAccessRights, s.cs.access).unwrap();
     h.write_nat(VmcsNatural::Cr0ReadShadow, s.cr0).unwrap();
     h.write_nat(VmcsNatural::GuestCr0, s.cr0).unwrap();

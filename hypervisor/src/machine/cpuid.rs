@@ -12,7 +12,9 @@
 use alloc::vec::Vec;
 
 /// The hypervisor's CPUID signature at leaf 0x4000_0000 (EBX, ECX, EDX).
-pub use crate::boot::abi::CPUID_SIGNATURE as SIGNATURE;
+/// The native guests' ABI (`boot::abi::CPUID_SIGNATURE`, shared with the
+/// guest crate) repeats it; a test in `boot::native` holds them equal.
+pub const SIGNATURE: &[u8; 12] = b"RustHyperVMX";
 pub const HV_BASE: u32 = 0x4000_0000;
 /// Highest hypervisor leaf answered.
 pub const HV_MAX: u32 = HV_BASE;

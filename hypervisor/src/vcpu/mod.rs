@@ -8,8 +8,6 @@
 pub mod inject;
 mod mode;
 
-pub use mode::{CR0_HOST_OWNED, CR4_HOST_OWNED};
-
 use crate::devices::lapic::ApicBase;
 use crate::mm::memslot::{LookupStats, VcpuSlotCache};
 use crate::mm::HostMemory;

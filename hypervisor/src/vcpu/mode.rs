@@ -14,12 +14,7 @@ use crate::mm::HostMemory;
 use crate::vmx::controls::{SecondaryProcBased, VmEntryControls};
 use crate::vmx::fields::{Vmcs32, Vmcs64, VmcsNatural};
 use crate::x86::control::{pdpte_reserved, Accepted, Gp, ModeRegs};
-use crate::x86::{CR0_TS, EFER_LMA};
-
-/// CR0 bits the host owns: all but TS.
-pub const CR0_HOST_OWNED: u64 = !CR0_TS;
-/// CR4 bits the host owns: all of them.
-pub const CR4_HOST_OWNED: u64 = !0;
+use crate::x86::EFER_LMA;
 
 /// CS access-rights bit 13: L (64-bit code segment).
 const AR_L: u32 = 1 << 13;

@@ -205,6 +205,12 @@ const IO_EXITING_CHOICES: &[u32] = &[
     PrimaryProcBased::UNCONDITIONAL_IO.bits(),
 ];
 
+/// The CR0 guest/host mask: the host owns every CR0 bit but TS, so that
+/// paging, protection and caching changes exit (`vcpu::mode`, SDM 25.6.6).
+pub const CR0_HOST_OWNED: u64 = !crate::x86::CR0_TS;
+/// The CR4 guest/host mask: the host owns all of CR4.
+pub const CR4_HOST_OWNED: u64 = !0;
+
 impl ControlRequest {
     /// The controls our hypervisor needs to run a 64-bit guest with EPT that may
     /// later drop to real or protected mode (unrestricted guest):

@@ -62,10 +62,10 @@ fn clearing_pg_in_64bit_mode_raises_gp_and_from_compatibility_mode_leaves_ia32e(
 
 #[test]
 fn cr0_and_cr4_are_host_owned_so_pg_never_changes_behind_our_back() {
-    assert_ne!(crate::vcpu::CR0_HOST_OWNED & CR0_PG, 0);
-    assert_ne!(crate::vcpu::CR0_HOST_OWNED & CR0_PE, 0);
-    assert_eq!(crate::vcpu::CR0_HOST_OWNED & CR0_TS, 0);
-    assert_eq!(crate::vcpu::CR4_HOST_OWNED, !0);
+    assert_ne!(crate::vmx::controls::CR0_HOST_OWNED & CR0_PG, 0);
+    assert_ne!(crate::vmx::controls::CR0_HOST_OWNED & CR0_PE, 0);
+    assert_eq!(crate::vmx::controls::CR0_HOST_OWNED & CR0_TS, 0);
+    assert_eq!(crate::vmx::controls::CR4_HOST_OWNED, !0);
     // The guest's CR0 as it reads it: TS from the real register, the rest
     // from the shadow.
     let (vm, _) = vm();

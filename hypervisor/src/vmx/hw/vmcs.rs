@@ -195,8 +195,14 @@ pub fn write_guest_state(
     // would change one of those exits (SDM 26.3 "Changes to ... CR0 and CR4").
     // The host owns every CR0 bit but TS and all of CR4 (`vcpu::mode`);
     // that includes the fixed bits.
-    v.write_nat(VmcsNatural::Cr0GuestHostMask, crate::vcpu::CR0_HOST_OWNED)?;
-    v.write_nat(VmcsNatural::Cr4GuestHostMask, crate::vcpu::CR4_HOST_OWNED)?;
+    v.write_nat(
+        VmcsNatural::Cr0GuestHostMask,
+        crate::vmx::controls::CR0_HOST_OWNED,
+    )?;
+    v.write_nat(
+        VmcsNatural::Cr4GuestHostMask,
+        crate::vmx::controls::CR4_HOST_OWNED,
+    )?;
     v.write_nat(VmcsNatural::Cr0ReadShadow, s.cr0)?;
     v.write_nat(VmcsNatural::Cr4ReadShadow, s.cr4)?;
     v.write_nat(
