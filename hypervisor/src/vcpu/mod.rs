@@ -259,6 +259,13 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
         if info.error_code_valid && self.guest_cr0()? & CR0_PE == 0 {
             info.error_code_valid = false;
         }
+        self.queue(info, error_code)
+    }
+
+    /// Writes the VM-entry event fields: the information, the error code if
+    /// it has one, and for a software interrupt or exception the length of
+    /// the instruction that raised it (SDM 27.6.1.1).
+    fn queue(&mut self, info: InterruptionInfo, error_code: u32) -> Result<(), Stop> {
         self.vmcs
             .write32(Vmcs32::VmEntryInterruptionInfo, info.to_raw())?;
         if info.error_code_valid {
@@ -315,21 +322,12 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
             nmi_unblocking: false,
             ..info
         };
-        self.vmcs
-            .write32(Vmcs32::VmEntryInterruptionInfo, again.to_raw())?;
-        if info.error_code_valid {
-            let code = self.vmcs.read32(Vmcs32::IdtVectoringErrorCode)?;
-            self.vmcs.write32(Vmcs32::VmEntryExceptionErrorCode, code)?;
-        }
-        if matches!(
-            info.kind,
-            InterruptionType::SoftwareInterrupt
-                | InterruptionType::PrivilegedSoftwareException
-                | InterruptionType::SoftwareException
-        ) {
-            let len = self.vmcs.read32(Vmcs32::VmExitInstructionLength)?;
-            self.vmcs.write32(Vmcs32::VmEntryInstructionLength, len)?;
-        }
+        let code = if info.error_code_valid {
+            self.vmcs.read32(Vmcs32::IdtVectoringErrorCode)?
+        } else {
+            0
+        };
+        self.queue(again, code)?;
         if info.kind == InterruptionType::Nmi {
             // The NMI was not delivered: it does not block NMIs yet.
             let state = self.vmcs.read32(Vmcs32::GuestInterruptibilityState)?;
