@@ -52,6 +52,14 @@ pub fn summary(log: &str) -> Result<Summary, String> {
 
 /// memtouch touches every page of guest RAM once: one EPT violation and one
 /// mapping per page, no more, no less.
+/// The SUMMARY carries the guest's isa-debug-exit code, 0.
+fn exit_code_0_check(log: &str) -> Result<(), String> {
+    match summary(log)?.exit_code {
+        Some(0) => Ok(()),
+        other => Err(format!("SUMMARY exit_code is {other:?}, not Some(0)")),
+    }
+}
+
 fn memtouch_check(log: &str) -> Result<(), String> {
     let s = summary(log)?;
     let pages = s.mem_pages;
@@ -245,6 +253,22 @@ pub fn cases() -> Vec<Case> {
                 "vcpu0: guest reports PASS",
             ])
             .absent(&["CONTAINED"]),
+    );
+    v.push(
+        Case::bochs(
+            "bochs-pc-devices-debug-exit",
+            guest("pcdevices", 16, 1),
+            Success,
+        )
+        .cpus(2)
+        .contains(&[
+            "[vcpu0] pcdevices: PASS",
+            "vcpu0: ended: guest exit code 0 (0x0)",
+            "vcpu1: ended: guest exit code 0 (0x0)",
+            "guest exit code (isa-debug-exit): 0 (0x0); a pass",
+        ])
+        .absent(&["CONTAINED", "pcdevices: FAIL"])
+        .check(exit_code_0_check),
     );
     let mut ro = guest("memtouch", 16, 4);
     ro.readonly_slot = Some(3);
