@@ -52,12 +52,26 @@ pub fn summary(log: &str) -> Result<Summary, String> {
 
 /// memtouch touches every page of guest RAM once: one EPT violation and one
 /// mapping per page, no more, no less.
-/// The SUMMARY carries the guest's isa-debug-exit code, 0.
+/// The SUMMARY carries the guest's isa-debug-exit code, 0, and vCPU 1
+/// left the guest through the kick (an external-interrupt exit).
 fn exit_code_0_check(log: &str) -> Result<(), String> {
-    match summary(log)?.exit_code {
-        Some(0) => Ok(()),
-        other => Err(format!("SUMMARY exit_code is {other:?}, not Some(0)")),
+    let s = summary(log)?;
+    if s.exit_code != Some(0) {
+        return Err(format!(
+            "SUMMARY exit_code is {:?}, not Some(0)",
+            s.exit_code
+        ));
     }
+    let kicked = s
+        .vcpu
+        .get(1)
+        .and_then(|v| v.exits.get("external interrupt"))
+        .copied()
+        .unwrap_or(0);
+    if kicked == 0 {
+        return Err("vCPU 1 stopped without the kick (no external-interrupt exit)".into());
+    }
+    Ok(())
 }
 
 fn memtouch_check(log: &str) -> Result<(), String> {

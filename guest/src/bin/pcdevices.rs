@@ -13,10 +13,13 @@
 //!    own shutdown port (0x8900) does not reach Bochs.
 //!
 //! Then it prints `pcdevices: PASS` and writes 0 to 0xF4: the hypervisor
-//! stops every vCPU with guest exit code 0. The other vCPUs spin, with a
-//! harmless port read (an exit) every 2^22 turns: the hypervisor kicks them
-//! out of the guest (an external-interrupt exit in their SUMMARY), and the
-//! port read bounds the wait if a kick is lost.
+//! stops every vCPU with guest exit code 0. The other vCPUs spin with
+//! interrupts enabled (STI; no interrupt is ever injected), with a harmless
+//! port read (an exit) every 2^22 turns: the hypervisor kicks them out of
+//! the guest (an external-interrupt exit in their SUMMARY), and the port read
+//! bounds the wait if a kick is lost. (Bochs 2.7 does not deliver the kick
+//! to a guest that runs with IF = 0 until its IF changes, though
+//! external-interrupt exiting makes IF irrelevant on hardware: hence STI.)
 #![no_std]
 #![no_main]
 
@@ -76,6 +79,9 @@ fn fail(code: u32, what: &str) -> ! {
 
 fn main(boot: &'static BootInfo) -> ! {
     if boot.vcpu_id != 0 {
+        // SAFETY: STI only sets RFLAGS.IF; the hypervisor injects no
+        // interrupt into this guest.
+        unsafe { asm!("sti", options(nomem, nostack)) };
         let mut n: u64 = 0;
         loop {
             core::hint::spin_loop();
