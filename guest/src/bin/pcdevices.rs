@@ -86,7 +86,7 @@ fn main(boot: &'static BootInfo) -> ! {
         loop {
             core::hint::spin_loop();
             n = n.wrapping_add(1);
-            if n % (1 << 22) == 0 {
+            if n.is_multiple_of(1 << 22) {
                 in8(0x80);
             }
         }
