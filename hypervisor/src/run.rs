@@ -94,7 +94,10 @@ pub fn run(vm: &Vm<KernelMemory>, id: u32, cpu: usize) -> VcpuReport {
     };
     vm.vcpu_stopped(id);
     v.flush_line();
-    if matches!(stop, Stop::Contained { .. } | Stop::Fatal(_)) {
+    if matches!(
+        stop,
+        Stop::Contained { .. } | Stop::Fatal(_) | Stop::Reset { .. }
+    ) {
         println!("vcpu{id}: {stop}");
     }
     v.stats.lookups = v.slot_cache.stats;

@@ -195,6 +195,28 @@ pub fn summary(log: &str) -> Result<Summary, String> {
 
 /// memtouch touches every page of guest RAM once: one EPT violation and one
 /// mapping per page, no more, no less.
+/// The SUMMARY carries the guest's isa-debug-exit code, 0, and vCPU 1
+/// left the guest through the kick (an external-interrupt exit).
+fn exit_code_0_check(log: &str) -> Result<(), String> {
+    let s = summary(log)?;
+    if s.exit_code != Some(0) {
+        return Err(format!(
+            "SUMMARY exit_code is {:?}, not Some(0)",
+            s.exit_code
+        ));
+    }
+    let kicked = s
+        .vcpu
+        .get(1)
+        .and_then(|v| v.exits.get("external interrupt"))
+        .copied()
+        .unwrap_or(0);
+    if kicked == 0 {
+        return Err("vCPU 1 stopped without the kick (no external-interrupt exit)".into());
+    }
+    Ok(())
+}
+
 fn memtouch_check(log: &str) -> Result<(), String> {
     let s = summary(log)?;
     let pages = s.mem_pages;
@@ -409,6 +431,22 @@ pub fn cases() -> Vec<Case> {
                 "vcpu0: guest reports PASS",
             ])
             .absent(&["CONTAINED", "FAIL"]),
+    );
+    v.push(
+        Case::bochs(
+            "bochs-pc-devices-debug-exit",
+            guest("pcdevices", 16, 1),
+            Success,
+        )
+        .cpus(2)
+        .contains(&[
+            "[vcpu0] pcdevices: PASS",
+            "vcpu0: ended: guest exit code 0 (0x0)",
+            "vcpu1: ended: guest exit code 0 (0x0)",
+            "guest exit code (isa-debug-exit): 0 (0x0); a pass",
+        ])
+        .absent(&["CONTAINED", "pcdevices: FAIL"])
+        .check(exit_code_0_check),
     );
     let mut ro = guest("memtouch", 16, 4);
     ro.readonly_slot = Some(3);
