@@ -35,6 +35,9 @@ pub struct RunConfig<'a> {
     /// Kernel run: the `--initrd` file's name (module 0's string), empty
     /// when there is none. The kernel's own name is `guest`.
     pub initrd: &'a str,
+    /// The watchdog: a vCPU that makes no VM exit for this many
+    /// milliseconds of guest time is reported and the VM ends (0 = off).
+    pub watchdog_ms: u64,
 }
 
 impl Default for RunConfig<'_> {
@@ -51,9 +54,13 @@ impl Default for RunConfig<'_> {
             dirty_concurrent: false,
             readonly_slot: None,
             initrd: "",
+            watchdog_ms: DEFAULT_WATCHDOG_MS,
         }
     }
 }
+
+/// The watchdog's default: 30 s without a VM exit.
+pub const DEFAULT_WATCHDOG_MS: u64 = 30_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigError<'a> {
@@ -115,6 +122,7 @@ impl<'a> RunConfig<'a> {
                     c.readonly_slot = Some(u32::try_from(num()?).map_err(|_| err("too large"))?)
                 }
                 "initrd" => c.initrd = value,
+                "watchdog_ms" => c.watchdog_ms = num()?,
                 "dirty_mode" => {
                     c.dirty_concurrent = match value {
                         "sync" => false,
@@ -177,6 +185,7 @@ impl fmt::Display for RunConfig<'_> {
         if !self.initrd.is_empty() {
             writeln!(f, "initrd={}", self.initrd)?;
         }
+        writeln!(f, "watchdog_ms={}", self.watchdog_ms)?;
         Ok(())
     }
 }
@@ -249,6 +258,7 @@ mod tests {
                 iterations: 3,
                 bytes_per_vcpu: 1 << 20,
                 dirty_concurrent: true,
+                watchdog_ms: 0,
                 ..RunConfig::default()
             },
             RunConfig {

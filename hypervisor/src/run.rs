@@ -73,6 +73,24 @@ static TSC_ZERO: spin::Once<u64> = spin::Once::new();
 
 type KernelVcpu<'a> = Vcpu<'a, CoreHw, KernelMemory>;
 
+/// The VM's controls with the VMX-preemption timer on when the run has a
+/// watchdog, and the timer's start value: the watchdog time in TSC ticks,
+/// shifted by the CPU's rate (IA32_VMX_MISC bits 4:0), at most 2^32 - 1.
+fn watchdog(vm: &Vm<KernelMemory>) -> (crate::vmx::controls::Controls, Option<u32>) {
+    use crate::vmx::controls::PinBased;
+    let mut controls = vm.controls;
+    let timer = PinBased::PREEMPTION_TIMER.bits();
+    let ms = vm.config.watchdog_ms;
+    let hz = arch::tsc_rate();
+    if controls.pin & timer == 0 || ms == 0 || hz == 0 {
+        controls.pin &= !timer;
+        return (controls, None);
+    }
+    let ticks = u128::from(ms) * u128::from(hz) / 1000;
+    let value = (ticks >> vm.caps.misc.preemption_timer_rate()).min(u128::from(u32::MAX));
+    (controls, Some((value as u32).max(1)))
+}
+
 fn fatal(what: String) -> Stop {
     Stop::Fatal(what)
 }
@@ -96,7 +114,7 @@ pub fn run(vm: &Vm<KernelMemory>, id: u32, cpu: usize) -> VcpuReport {
     v.flush_line();
     if matches!(
         stop,
-        Stop::Contained { .. } | Stop::Fatal(_) | Stop::Reset { .. }
+        Stop::Contained { .. } | Stop::Fatal(_) | Stop::Reset { .. } | Stop::Watchdog { .. }
     ) {
         println!("vcpu{id}: {stop}");
     }
@@ -125,8 +143,9 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
     let word = unsafe { &mut *(mem::phys_to_virt(vmcs_frame) as *mut u32) };
     vmcs::load(caps, vmcs_frame, word).map_err(|e| fatal(e.into()))?;
 
+    let (controls, watchdog) = watchdog(vm);
     let cfg = VmcsConfig {
-        controls: vm.controls,
+        controls,
         eptp: vm.ept.eptp(),
         msr_bitmap: vm.msr_bitmap,
         io_bitmap_a: vm.io_bitmaps.0,
@@ -141,6 +160,9 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
         arch::enable_xsave();
     }
     vmcs::write_controls_and_host(&mut v.vmcs, caps, &cfg)?;
+    if let Some(value) = watchdog {
+        v.vmcs.write32(Vmcs32::GuestPreemptionTimerValue, value)?;
+    }
     let state = vm.initial_state(v.id);
     vmcs::write_guest_state(&mut v.vmcs, caps, &vm.controls, &state)?;
     v.regs = state.gprs;

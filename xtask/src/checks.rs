@@ -140,6 +140,17 @@ pub fn slots(s: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// `--watchdog`: seconds of guest time without a VM exit (0 = off); at
+/// most an hour (the VMX-preemption timer's 32 bits cover that on any TSC
+/// rate with the usual shift).
+pub fn watchdog_s(s: &str) -> Result<u64, String> {
+    let n: u64 = number(s)?;
+    if n > 3600 {
+        return Err("use 0 (off) to 3600 seconds".into());
+    }
+    Ok(n)
+}
+
 /// `-x` of a dirty-log run: the run adds a base slot of its own.
 pub fn dirty_slots(s: &str) -> Result<u32, String> {
     let n: u32 = number(s)?;

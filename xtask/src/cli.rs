@@ -146,7 +146,7 @@ pub fn cache_parser() -> impl TypedValueParser<Value = CacheMode> {
 #[derive(Args, Debug, Clone)]
 pub struct GuestArgs {
     /// The guest program, one of guest/src/bin (smoke, memtouch, unbacked,
-    /// hostile, dirtylog, pagerace)
+    /// hostile, dirtylog, pagerace, mmio, pcdevices, spin)
     #[arg(
         long,
         value_name = "NAME",
@@ -178,6 +178,10 @@ pub struct GuestArgs {
     /// Make slot I read-only: a guest write to it is contained
     #[arg(long, value_name = "I")]
     pub readonly_slot: Option<u32>,
+    /// The watchdog: a vCPU that makes no VM exit for S seconds of guest
+    /// time is reported (RIP, mode) and the run ends (0 = off)
+    #[arg(long, value_name = "S", default_value_t = 30, value_parser = checks::watchdog_s)]
+    pub watchdog: u64,
 }
 
 impl GuestArgs {
@@ -203,6 +207,7 @@ impl GuestArgs {
                 cpus
             },
             readonly_slot: self.readonly_slot,
+            watchdog_ms: self.watchdog * 1000,
             ..base
         }
     }

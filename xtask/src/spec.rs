@@ -102,6 +102,8 @@ pub struct GuestSpec {
     pub dirty_concurrent: bool,
     /// This slot is read-only.
     pub readonly_slot: Option<u32>,
+    /// The watchdog time (0 = off).
+    pub watchdog_ms: u64,
     /// A kernel run: the kernel instead of a guest program (`guest` is
     /// then the kernel's file name).
     pub kernel: Option<KernelSpec>,
@@ -120,6 +122,7 @@ impl GuestSpec {
             bytes_per_vcpu: 0,
             dirty_concurrent: false,
             readonly_slot: None,
+            watchdog_ms: hypervisor::config::DEFAULT_WATCHDOG_MS,
             kernel: None,
         }
     }
@@ -146,6 +149,7 @@ impl GuestSpec {
             dirty_concurrent: self.dirty_concurrent,
             readonly_slot: self.readonly_slot,
             initrd: self.kernel.as_ref().map_or("", |k| k.initrd_name.as_str()),
+            watchdog_ms: self.watchdog_ms,
         }
     }
 

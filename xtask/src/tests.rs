@@ -448,6 +448,19 @@ pub fn cases() -> Vec<Case> {
         .absent(&["CONTAINED", "pcdevices: FAIL"])
         .check(exit_code_0_check),
     );
+    // The watchdog: a guest that loops with interrupts off makes no VM
+    // exit; after 1 s of guest time the hypervisor reports where it is.
+    let mut spin = guest("spin", 16, 1);
+    spin.watchdog_ms = 1000;
+    v.push(
+        Case::bochs("bochs-watchdog-spin", spin, Failure)
+            .contains(&[
+                "[vcpu0] spin: vCPU 0: looping with interrupts off",
+                "vcpu0: ended: WATCHDOG: vCPU 0 made no VM exit for 1000 ms: rip=",
+                "64-bit mode, 4-level paging, interrupts off",
+            ])
+            .absent(&["CONTAINED", "FATAL"]),
+    );
     let mut ro = guest("memtouch", 16, 4);
     ro.readonly_slot = Some(3);
     // memtouch writes upwards: its first write into slot 3 is at 12 MiB.

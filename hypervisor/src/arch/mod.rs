@@ -109,6 +109,14 @@ pub fn tsc_hz() -> u64 {
 /// calibrated for 5 ms against the PIT where CPUID does not say (always
 /// under Bochs, whose TSC follows emulated time), or 1 GHz if neither works.
 /// The TSC is invariant on every core the hypervisor runs on.
+/// The TSC's rate as the first [`TscClock`] found it (0 before one exists).
+static TSC_HZ: spin::Once<u64> = spin::Once::new();
+
+/// The TSC's rate, from CPUID or calibrated ([`TscClock::new`]).
+pub fn tsc_rate() -> u64 {
+    TSC_HZ.get().copied().unwrap_or(0)
+}
+
 pub struct TscClock {
     start: u64,
     hz: u64,
@@ -127,6 +135,7 @@ impl TscClock {
             },
             hz => hz,
         };
+        TSC_HZ.call_once(|| hz);
         TscClock { start: rdtsc(), hz }
     }
 

@@ -68,13 +68,17 @@ pub enum PlatformEvent {
     Reset,
     /// ACPI soft-off (S5 through PM1a_CNT).
     PowerOff,
+    /// The hypervisor's watchdog: vCPU `vcpu` made no VM exit for too long
+    /// (like a board's watchdog timer, it ends the machine).
+    Watchdog { vcpu: u32 },
 }
 
 /// What devices ask of the VM, shared by every device and vCPU. The first
 /// event wins; later ones are dropped (the machine is already going away).
 #[derive(Debug, Default)]
 pub struct PlatformEvents {
-    /// 0 = none; else `1 << 32 | code` (exit), 2 (reset), 3 (power-off).
+    /// 0 = none; else `1 << 32 | code` (exit), 2 (reset), 3 (power-off),
+    /// `2 << 32 | vcpu` (watchdog).
     event: AtomicU64,
     /// Set with the event: a cheap check on every exit.
     any: AtomicBool,
@@ -83,6 +87,7 @@ pub struct PlatformEvents {
 const EV_RESET: u64 = 2;
 const EV_POWEROFF: u64 = 3;
 const EV_EXIT: u64 = 1 << 32;
+const EV_WATCHDOG: u64 = 2 << 32;
 
 impl PlatformEvents {
     pub const fn new() -> Self {
@@ -117,6 +122,11 @@ impl PlatformEvents {
         self.raise(EV_POWEROFF);
     }
 
+    /// The watchdog fired on vCPU `vcpu`.
+    pub fn request_watchdog(&self, vcpu: u32) {
+        self.raise(EV_WATCHDOG | u64::from(vcpu));
+    }
+
     /// The event raised, if any.
     pub fn pending(&self) -> Option<PlatformEvent> {
         if !self.any.load(Ordering::Acquire) {
@@ -126,6 +136,7 @@ impl PlatformEvents {
             0 => None,
             EV_RESET => Some(PlatformEvent::Reset),
             EV_POWEROFF => Some(PlatformEvent::PowerOff),
+            raw if raw & EV_WATCHDOG != 0 => Some(PlatformEvent::Watchdog { vcpu: raw as u32 }),
             raw => Some(PlatformEvent::Exit { code: raw as u32 }),
         }
     }

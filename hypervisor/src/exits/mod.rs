@@ -24,6 +24,7 @@ mod string_io;
 mod triple_fault;
 mod vmcall;
 mod vmx_insn;
+mod watchdog;
 mod xsetbv;
 
 #[cfg(test)]
@@ -48,6 +49,9 @@ pub fn platform_stop<M: HostMemory>(vm: &Vm<M>) -> Option<Stop> {
             cause: String::from("a reset port: 0xCF9, the 8042 or port 0x92"),
         },
         PlatformEvent::PowerOff => Stop::PowerOff,
+        PlatformEvent::Watchdog { vcpu } => Stop::Watchdog {
+            detail: format!("vCPU {vcpu}'s watchdog fired; the VM ended with it"),
+        },
     })
 }
 
@@ -71,6 +75,7 @@ pub fn dispatch<H: Hw, M: HostMemory>(
         ExitReason::TripleFault => triple_fault::handle(v),
         ExitReason::ExternalInterrupt => interrupt::external(v),
         ExitReason::Xsetbv => xsetbv::handle(v),
+        ExitReason::PreemptionTimer => watchdog::fired(v),
         ExitReason::Invd => cache::invd(v),
         ExitReason::Monitor => mwait::monitor(v),
         ExitReason::Mwait => mwait::mwait(v),

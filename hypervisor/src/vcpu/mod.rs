@@ -70,6 +70,9 @@ pub enum Stop {
     Reset { cause: String },
     /// The guest powered the machine off (ACPI S5); the VM ended.
     PowerOff,
+    /// The watchdog: a vCPU made no VM exit for too long (`detail`: which,
+    /// where, in what mode); the VM ended.
+    Watchdog { detail: String },
 }
 
 impl fmt::Display for Stop {
@@ -81,6 +84,7 @@ impl fmt::Display for Stop {
             Stop::GuestExit { code } => write!(f, "guest exit code {code} ({code:#x})"),
             Stop::Reset { cause } => write!(f, "guest requested reset ({cause})"),
             Stop::PowerOff => write!(f, "guest powered off (ACPI S5)"),
+            Stop::Watchdog { detail } => write!(f, "WATCHDOG: {detail}"),
         }
     }
 }

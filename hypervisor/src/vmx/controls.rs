@@ -214,7 +214,7 @@ pub const CR4_HOST_OWNED: u64 = !0;
 impl ControlRequest {
     /// The controls our hypervisor needs to run a 64-bit guest with EPT that may
     /// later drop to real or protected mode (unrestricted guest):
-    /// - pin: external-interrupt exiting;
+    /// - pin: external-interrupt exiting; optional VMX-preemption timer;
     /// - proc: HLT, CR8-load/store, MONITOR, MWAIT and RDPMC exiting, TSC
     ///   offsetting, MSR bitmaps, I/O bitmaps (else unconditional I/O
     ///   exiting), secondary controls;
@@ -227,7 +227,8 @@ impl ControlRequest {
         ControlRequest {
             pin: WordRequest {
                 required: PinBased::EXTERNAL_INTERRUPT_EXITING.bits(),
-                optional: 0,
+                // The watchdog (`exits::watchdog`); off in a run without one.
+                optional: PinBased::PREEMPTION_TIMER.bits(),
                 one_of: &[],
             },
             proc: WordRequest {

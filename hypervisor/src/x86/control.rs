@@ -62,6 +62,40 @@ impl ModeRegs {
     }
 }
 
+/// The operating mode and paging mode, in words, for reports:
+/// "64-bit, 4-level paging", "real mode", ... (SDM 2.2, table 4-1).
+pub fn describe(m: &ModeRegs, cs_d: bool, rflags_vm: bool) -> (&'static str, &'static str) {
+    let mode = if m.cr0 & CR0_PE == 0 {
+        "real mode"
+    } else if m.efer & EFER_LMA != 0 {
+        if m.cs_l {
+            "64-bit mode"
+        } else {
+            "compatibility mode"
+        }
+    } else if rflags_vm {
+        "virtual-8086 mode"
+    } else if cs_d {
+        "32-bit protected mode"
+    } else {
+        "16-bit protected mode"
+    };
+    let paging = if m.cr0 & CR0_PG == 0 {
+        "paging off"
+    } else if m.efer & EFER_LMA != 0 {
+        if m.cr4 & CR4_LA57 != 0 {
+            "5-level paging"
+        } else {
+            "4-level paging"
+        }
+    } else if m.cr4 & CR4_PAE != 0 {
+        "PAE paging"
+    } else {
+        "32-bit paging"
+    };
+    (mode, paging)
+}
+
 /// The instruction raises #GP(0); nothing changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gp(pub &'static str);
@@ -387,6 +421,30 @@ mod tests {
         assert!(check_xcr0(0x27, 0xff).is_err(), "AVX-512 partly");
         assert!(check_xcr0(0xe7, 0xff).is_ok());
         assert!(check_xcr0(0x0b, 0xff).is_err(), "MPX half");
+    }
+
+    #[test]
+    fn modes_in_words() {
+        assert_eq!(describe(&REAL, false, false), ("real mode", "paging off"));
+        assert_eq!(
+            describe(&long64(), false, false),
+            ("64-bit mode", "4-level paging")
+        );
+        let compat = ModeRegs {
+            cs_l: false,
+            ..long64()
+        };
+        assert_eq!(describe(&compat, true, false).0, "compatibility mode");
+        let pm = ModeRegs {
+            cr0: CR0_PE | CR0_PG,
+            cr4: CR4_PAE,
+            ..REAL
+        };
+        assert_eq!(
+            describe(&pm, true, false),
+            ("32-bit protected mode", "PAE paging")
+        );
+        assert_eq!(describe(&pm, true, true).0, "virtual-8086 mode");
     }
 
     #[test]
