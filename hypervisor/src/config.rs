@@ -32,6 +32,9 @@ pub struct RunConfig<'a> {
     /// Make the memslot with this index (0-based, in guest-physical order)
     /// read-only: a guest write to it is contained.
     pub readonly_slot: Option<u32>,
+    /// EPT page sizes a fault may map: "4k" or "2m" (2 MiB where the slot
+    /// allows it).
+    pub ept_pages: &'a str,
 }
 
 impl Default for RunConfig<'_> {
@@ -47,6 +50,7 @@ impl Default for RunConfig<'_> {
             bytes_per_vcpu: 0,
             dirty_concurrent: false,
             readonly_slot: None,
+            ept_pages: "4k",
         }
     }
 }
@@ -110,6 +114,12 @@ impl<'a> RunConfig<'a> {
                 "readonly_slot" => {
                     c.readonly_slot = Some(u32::try_from(num()?).map_err(|_| err("too large"))?)
                 }
+                "ept_pages" => {
+                    if !matches!(value, "4k" | "2m") {
+                        return Err(err("ept_pages must be 4k or 2m"));
+                    }
+                    c.ept_pages = value;
+                }
                 "dirty_mode" => {
                     c.dirty_concurrent = match value {
                         "sync" => false,
@@ -166,6 +176,7 @@ impl fmt::Display for RunConfig<'_> {
             "sync"
         };
         writeln!(f, "dirty_mode={mode}")?;
+        writeln!(f, "ept_pages={}", self.ept_pages)?;
         if let Some(i) = self.readonly_slot {
             writeln!(f, "readonly_slot={i}")?;
         }

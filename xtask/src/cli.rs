@@ -80,7 +80,8 @@ pub enum BenchCmd {
     /// Memslot lookup cost on the host, next to vm-memory's find_region
     #[command(after_help = "Examples:\n  \
         cargo xtask bench memslot\n  \
-        cargo xtask bench memslot --quick")]
+        cargo xtask bench memslot --quick\n  \
+        cargo xtask bench memslot --paired")]
     Memslot(MemslotArgs),
     /// Dirty-page logging shaped like KVM's dirty_log_perf_test, in a guest
     ///
@@ -100,6 +101,11 @@ pub struct MemslotArgs {
     /// Fewer samples: a quick look, not a measurement
     #[arg(long)]
     pub quick: bool,
+    /// Alternate short samples of our lookup, a bare cached lookup (the
+    /// floor) and vm-memory in one process; print the ratios per round with
+    /// their spread, and fail if the goals are missed
+    #[arg(long)]
+    pub paired: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -170,6 +170,9 @@ fn cmd_bench_memslot(a: &MemslotArgs) -> Result<i32> {
     if a.quick {
         c.arg("--quick");
     }
+    if a.paired {
+        c.arg("--paired");
+    }
     let ok = c.status().context("running cargo bench")?.success();
     Ok(if ok { 0 } else { 1 })
 }

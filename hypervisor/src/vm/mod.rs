@@ -16,6 +16,7 @@ use crate::mm::dirty::DirtyBitmap;
 use crate::mm::ept::Ept;
 use crate::mm::frames::FRAME;
 use crate::mm::guest_mem::GuestMem;
+use crate::mm::fault::EptPages;
 use crate::mm::memslot::{CacheMode, LookupStats, Memslot, Memslots, SlotFlags, MAX_SLOTS};
 use crate::mm::HostMemory;
 use crate::vmx::caps::{EptVpidCap, VmxCaps};
@@ -130,6 +131,8 @@ pub struct Vm<M: HostMemory> {
     pub test_base: u64,
     /// Dirty bitmaps, indexed by slot id (one per slot, made with the slot).
     pub dirty: Vec<SlotBitmap>,
+    /// EPT page sizes a fault may map (`--ept-pages`).
+    pub ept_pages: EptPages,
 }
 
 fn all_ones_frame(mem: &impl HostMemory) -> Result<u64, String> {
@@ -175,6 +178,7 @@ impl<M: HostMemory> Vm<M> {
             .mem_mib
             .checked_mul(1 << 20)
             .ok_or("guest memory size overflows")?;
+        let ept_pages: EptPages = config.ept_pages.parse()?;
         let nslots = u64::from(config.slots);
         // A dirty-log run lays memory out like dirty_log_perf_test: a base
         // slot (image, tables, stacks; never logged) followed by the test
@@ -331,6 +335,7 @@ impl<M: HostMemory> Vm<M> {
             invept_single: ept_caps.contains(EptVpidCap::INVEPT_SINGLE_CONTEXT),
             test_base: if dirty_run { test_base } else { mem_bytes },
             dirty,
+            ept_pages,
         })
     }
 
