@@ -15,6 +15,7 @@
 
 mod artifacts;
 mod bench_dirty;
+mod bench_fault;
 mod checks;
 mod cli;
 mod emu;
@@ -203,6 +204,7 @@ fn main() {
         Cmd::Bench { what } => match what {
             BenchCmd::Memslot(a) => cmd_bench_memslot(a),
             BenchCmd::DirtyLog(a) => bench_dirty::cmd(a),
+            BenchCmd::FaultPath(a) => bench_fault::cmd(a),
         },
         Cmd::Asm => workspace::root().and_then(|root| {
             println!("{}", nospec::run(&root)?);

@@ -8,6 +8,7 @@ use crate::emu::Backend;
 use anyhow::{bail, Result};
 use hypervisor::config::RunConfig;
 use hypervisor::limits::{CacheMode, PAGE_SIZE};
+use hypervisor::mm::fault::EptPages;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestSpec {
@@ -28,6 +29,8 @@ pub struct GuestSpec {
     pub dirty_concurrent: bool,
     /// This slot is read-only.
     pub readonly_slot: Option<u32>,
+    /// EPT page sizes a fault may map.
+    pub ept_pages: EptPages,
 }
 
 impl GuestSpec {
@@ -43,6 +46,7 @@ impl GuestSpec {
             bytes_per_vcpu: 0,
             dirty_concurrent: false,
             readonly_slot: None,
+            ept_pages: EptPages::Only4K,
         }
     }
 
@@ -59,6 +63,7 @@ impl GuestSpec {
             bytes_per_vcpu: self.bytes_per_vcpu,
             dirty_concurrent: self.dirty_concurrent,
             readonly_slot: self.readonly_slot,
+            ept_pages: self.ept_pages.as_str(),
         }
     }
 

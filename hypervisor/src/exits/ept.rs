@@ -78,10 +78,7 @@ pub fn violation<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Sto
             )))
         }
         Err(MapFailure::Ept(e)) => {
-            return Err(Stop::Fatal(format!(
-                "mapping gpa {:#x}: {e}",
-                gpa & !0xfff
-            )))
+            return Err(Stop::Fatal(format!("mapping gpa {:#x}: {e}", gpa & !0xfff)))
         }
     }
     Ok(Action::Resume)
