@@ -207,7 +207,7 @@ fn spin_until(mut f: impl FnMut() -> bool) {
     let mut n = 0u32;
     while !f() {
         n += 1;
-        if n % 256 == 0 {
+        if n.is_multiple_of(256) {
             std::thread::yield_now();
         } else {
             std::hint::spin_loop();

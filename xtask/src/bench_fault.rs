@@ -127,7 +127,8 @@ pub fn svg(r: &Results) -> Result<String> {
             .light_line_style(WHITE)
             .draw()
             .map_err(err)?;
-        let series: [(&str, fn(&Row) -> f64); 3] = [
+        type Get = fn(&Row) -> f64;
+        let series: [(&str, Get); 3] = [
             ("cache vcpu", |row| row.vcpu_ns),
             ("cache vm", |row| row.vm_ns),
             ("cache none", |row| row.none_ns),

@@ -134,7 +134,7 @@ pub fn huge_ok(slot: &Memslot, gfn: u64, flags: SlotFlags) -> bool {
     !flags.contains(SlotFlags::DIRTY_LOG)
         && first >= slot.base_gfn()
         && first + PAGES <= slot.end_gfn()
-        && slot.host_phys(first) % SIZE_2M == 0
+        && slot.host_phys(first).is_multiple_of(SIZE_2M)
 }
 
 /// What [`map_fault`] did.
