@@ -555,6 +555,44 @@ impl Memslots {
         Ok(())
     }
 
+    /// Moves the slot with this id to guest-physical `guest_phys` (KVM's
+    /// `KVM_MR_MOVE`): same size, same host frames, same id and flags. The
+    /// slot's old gfns are unbacked afterwards and its contents appear at the
+    /// new ones. Positions of other slots may shift (cached indexes go stale,
+    /// harmlessly).
+    pub fn move_slot(&mut self, id: u16, guest_phys: u64) -> Result<(), SlotError> {
+        let pos = self
+            .iter()
+            .position(|slot| slot.id == id)
+            .ok_or(SlotError::NoSuchSlot(id))?;
+        if !guest_phys.is_multiple_of(PAGE_SIZE) {
+            return Err(SlotError::UnalignedGuestPhys(guest_phys));
+        }
+        let npages = self.slots[pos].npages;
+        let size = npages << PAGE_SHIFT;
+        if guest_phys.checked_add(size).is_none() {
+            return Err(SlotError::GuestEndOverflow { guest_phys, size });
+        }
+        let base_gfn = guest_phys >> PAGE_SHIFT;
+        let end_gfn = base_gfn + npages;
+        if let Some(s) = self
+            .iter()
+            .find(|s| s.id != id && s.base_gfn < end_gfn && base_gfn < s.end_gfn())
+        {
+            return Err(SlotError::Overlap {
+                id: s.id,
+                base_gfn: s.base_gfn,
+                end_gfn: s.end_gfn(),
+            });
+        }
+        // Out of the array, then back in at its new sorted position.
+        self.slots[pos..self.len].rotate_left(1);
+        self.slots[self.len - 1].base_gfn = base_gfn;
+        let new_pos = self.slots[..self.len - 1].partition_point(|s| s.base_gfn < base_gfn);
+        self.slots[new_pos..self.len].rotate_right(1);
+        Ok(())
+    }
+
     /// The smallest unused id. The caller has checked `len < MAX_SLOTS`, so
     /// one exists below `MAX_SLOTS`.
     fn alloc_id(&mut self) -> u16 {

@@ -7,6 +7,8 @@ pub mod ept;
 pub mod fault;
 pub mod frames;
 pub mod memslot;
+#[cfg(test)]
+mod model;
 
 #[cfg(target_os = "none")]
 pub mod heap;
