@@ -70,6 +70,33 @@ fn memtouch_check(log: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// memtouch over 64 MiB in one slot with `--ept-pages 2m`: the slot's
+/// aligned 2 MiB ranges are mapped whole, so populating takes at most 1/100
+/// of the EPT violations of 4 KiB pages (one per page, `memtouch_check`).
+fn memtouch_2m_check(log: &str) -> Result<(), String> {
+    let s = summary(log)?;
+    all_vcpus_pass(&s, 1)?;
+    let pages = s.mem_pages;
+    let faults: u64 = s
+        .vcpu
+        .iter()
+        .map(|v| v.exits.get("EPT violation").copied().unwrap_or(0))
+        .sum();
+    let covered = s.ept.leaves_4k + 512 * s.ept.leaves_2m;
+    if s.ept.leaves_2m == 0 || covered != pages {
+        return Err(format!(
+            "{pages} guest pages, EPT maps {covered} ({} 2 MiB leaves)",
+            s.ept.leaves_2m
+        ));
+    }
+    if faults * 100 > pages {
+        return Err(format!(
+            "{faults} EPT violations for {pages} pages: more than 1/100 of the 4 KiB count"
+        ));
+    }
+    Ok(())
+}
+
 /// Every vCPU reported PASS and shut down cleanly.
 fn all_vcpus_pass(s: &Summary, want: usize) -> Result<(), String> {
     if s.vcpu.len() != want {
@@ -229,6 +256,14 @@ pub fn cases() -> Vec<Case> {
             .check(memtouch_check),
         );
     }
+    let mut huge = guest("memtouch", 64, 1);
+    huge.ept_pages = hypervisor::mm::fault::EptPages::Allow2M;
+    v.push(
+        Case::bochs("bochs-memtouch-64m-2m-pages", huge, Success)
+            .contains(&["vcpu0: guest reports PASS"])
+            .absent(&["CONTAINED"])
+            .check(memtouch_2m_check),
+    );
     v.push(
         Case::bochs("bochs-unbacked-contained", guest("unbacked", 16, 4), Failure)
             .contains(&["vcpu0: CONTAINED: access to memory no memslot backs: gpa=0x1100000 gfn=0x1100 access=write rip="])
@@ -507,7 +542,10 @@ mod unit {
             vcpus: vcpus.len() as u32,
             tsc_hz: 0,
             result: RunResult::Success,
-            ept: EptSummary { leaves_4k: leaves },
+            ept: EptSummary {
+                leaves_4k: leaves,
+                leaves_2m: 0,
+            },
             vcpu: vcpus,
             dirty_log: None,
         }

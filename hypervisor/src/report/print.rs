@@ -80,6 +80,7 @@ fn summary(
         },
         ept: schema::EptSummary {
             leaves_4k: vm.ept.stats().leaves_4k,
+            leaves_2m: vm.ept.stats().leaves_2m,
         },
         vcpu: reports
             .iter()

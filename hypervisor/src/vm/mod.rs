@@ -14,6 +14,7 @@ use crate::devices::{MmioBus, PioBus, SerialSink};
 use crate::machine::cpuid::CpuidPolicy;
 use crate::mm::dirty::DirtyBitmap;
 use crate::mm::ept::Ept;
+use crate::mm::ept::SIZE_2M;
 use crate::mm::fault::EptPages;
 use crate::mm::frames::FRAME;
 use crate::mm::guest_mem::GuestMem;
@@ -213,7 +214,15 @@ impl<M: HostMemory> Vm<M> {
                    bytes: u64,
                    flags: SlotFlags|
          -> Result<(), String> {
-            let host = mem.alloc(bytes / FRAME).ok_or_else(|| {
+            // Slots of 2 MiB or more start on a 2 MiB host boundary, so that
+            // with `ept_pages=2m` every aligned 2 MiB of them can be one EPT
+            // leaf (fault::huge_ok).
+            let host = if bytes >= SIZE_2M {
+                mem.alloc_aligned(bytes / FRAME, SIZE_2M)
+            } else {
+                mem.alloc(bytes / FRAME)
+            };
+            let host = host.ok_or_else(|| {
                 format!(
                     "out of host memory for guest RAM: a slot at {gpa:#x} needs {} KiB, {} KiB left",
                     bytes >> 10,

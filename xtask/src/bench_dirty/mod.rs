@@ -146,7 +146,10 @@ pub mod sample {
             vcpus,
             tsc_hz: 0,
             result: RunResult::Success,
-            ept: EptSummary { leaves_4k: 1100 },
+            ept: EptSummary {
+                leaves_4k: 1100,
+                leaves_2m: 0,
+            },
             vcpu,
             dirty_log: Some(DirtyLogSummary {
                 pages_per_vcpu: pages,
