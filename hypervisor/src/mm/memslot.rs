@@ -555,6 +555,26 @@ impl Memslots {
         Ok(())
     }
 
+    /// Makes this array a copy of `other` (slots, flags as they are now,
+    /// ids, mode); the VM-wide index starts at 0. For the inactive array of
+    /// a live update (`mm::live`).
+    pub fn copy_from(&mut self, other: &Memslots) {
+        let n = self.len.max(other.len);
+        for (d, s) in self.slots[..n].iter_mut().zip(&other.slots[..n]) {
+            *d = Memslot {
+                base_gfn: s.base_gfn,
+                npages: s.npages,
+                host_pfn: s.host_pfn,
+                flags: AtomicU32::new(s.flags.load(Ordering::Acquire)),
+                id: s.id,
+            };
+        }
+        self.len = other.len;
+        self.mode = other.mode;
+        self.used_ids = other.used_ids;
+        self.vm_last_used.0.store(0, Ordering::Relaxed);
+    }
+
     /// Moves the slot with this id to guest-physical `guest_phys` (KVM's
     /// `KVM_MR_MOVE`): same size, same host frames, same id and flags. The
     /// slot's old gfns are unbacked afterwards and its contents appear at the

@@ -6,6 +6,7 @@ pub mod dirty;
 pub mod ept;
 pub mod fault;
 pub mod frames;
+pub mod live;
 pub mod memslot;
 #[cfg(test)]
 mod model;
