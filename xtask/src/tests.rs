@@ -171,6 +171,28 @@ fn dirty_concurrent_check(log: &str) -> Result<(), String> {
     }
 }
 
+/// Concurrent dirty logging with 2 MiB pages: populating took one fault per
+/// 2 MiB (not per page), and after logging split them the shadow copy still
+/// equals memory.
+fn dirty_2m_check(log: &str) -> Result<(), String> {
+    dirty_concurrent_check(log)?;
+    let s = summary(log)?;
+    let d = s.dirty_log.as_ref().ok_or("no dirty_log in the SUMMARY")?;
+    let populate = d
+        .phases
+        .iter()
+        .find(|p| p.name == "Populate memory")
+        .ok_or("no \"Populate memory\" phase")?;
+    let pages = d.pages_per_vcpu * s.vcpu.len() as u64;
+    if populate.ept_violations * 100 > pages {
+        return Err(format!(
+            "populating {pages} pages took {} EPT violations: 2 MiB pages were not used",
+            populate.ept_violations
+        ));
+    }
+    Ok(())
+}
+
 impl Case {
     /// A BIOS boot in Bochs with one CPU and the default model; no panic or
     /// exception may show in the log.
@@ -323,6 +345,18 @@ pub fn cases() -> Vec<Case> {
                 .check(check),
         );
     }
+    let mut g = guest("dirtylog", 2, 1);
+    g.iterations = 3;
+    g.bytes_per_vcpu = 0x20_0000;
+    g.dirty_concurrent = true;
+    g.ept_pages = hypervisor::mm::fault::EptPages::Allow2M;
+    v.push(
+        Case::bochs("bochs-dirty-log-concurrent-2m-pages", g, Success)
+            .cpus(2)
+            .contains(&["Iteration 3 dirty memory time"])
+            .absent(&["CONTAINED"])
+            .check(dirty_2m_check),
+    );
     let refusal = "VMX is not available on this CPU:";
     v.push(
         Case::qemu("qemu-tcg-bios-refuses", Firmware::Bios)
