@@ -168,6 +168,7 @@ pub mod sample {
             bytes_per_vcpu: MIB,
             iterations,
             cache,
+            ept_pages: hypervisor::mm::fault::EptPages::Only4K,
         }
     }
 
