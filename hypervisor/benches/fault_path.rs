@@ -318,8 +318,7 @@ fn sample(vm: &Vm, mode: CacheMode, threads: usize, reps: u64) -> Measured {
         runs * threads as u64 * WINDOW
     );
     if counted == 0 {
-        // Never concurrent: count them all, and say so.
-        eprintln!("{mode}: the threads never ran at the same time in {runs} repetitions");
+        // Never concurrent: the round does not count.
         return Measured { ns: f64::NAN, runs };
     }
     let faults = (counted * threads as u64 * WINDOW) as f64;
@@ -355,75 +354,96 @@ fn main() {
         |t| t.parse().expect("--threads N"),
     );
     assert!(threads >= 1, "--threads must be at least 1");
-    let (rounds, reps) = if quick { (5, 4) } else { (15, 10) };
+    let (rounds, reps) = if quick { (3, 4) } else { (11, 8) };
     println!(
         "fault path (lookup + EPT + dirty bitmap), {threads} threads, {WINDOW} write faults per \
-         thread per repetition, {rounds} rounds of one {reps}-repetition sample per mode"
+         thread per repetition, {rounds} rounds of one {reps}-repetition sample per slot count and mode"
     );
     println!(
         "{:>6} {:>10} {:>10} {:>10}   {:>16} {:>16}",
         "slots", "vcpu ns", "vm ns", "none ns", "vm/vcpu", "none/vcpu"
     );
-    let mut json = Vec::new();
-    let mut first_vcpu = 0.0;
-    let mut last_vcpu = 0.0;
-    for &n in &SLOT_COUNTS {
-        let vm = Vm::new(n, threads);
-        let mut ns = [Vec::new(), Vec::new(), Vec::new()];
-        let (mut vm_ratio, mut none_ratio) = (Vec::new(), Vec::new());
+    // Every (slot count, mode) pair runs once per round, the order
+    // rotating, so that each ratio (vm/vcpu, none/vcpu, and vcpu at 509
+    // slots over vcpu at 1) compares samples taken at the same machine speed.
+    let vms: Vec<Vm> = SLOT_COUNTS.iter().map(|&n| Vm::new(n, threads)).collect();
+    for vm in &vms {
         // Warm-up (also checks every fault's path once).
         for mode in CacheMode::ALL {
-            sample(&vm, mode, threads, 1);
+            sample(vm, mode, threads, 1);
         }
-        let mut runs = 0;
-        for r in 0..rounds {
-            let mut this = [0.0; 3];
-            for k in 0..3 {
-                let i = (r + k) % 3;
-                let m = sample(&vm, CacheMode::ALL[i], threads, reps);
-                runs += m.runs;
-                this[i] = m.ns;
-            }
-            if this.iter().any(|x| x.is_nan()) {
-                continue;
-            }
-            for i in 0..3 {
-                ns[i].push(this[i]);
-            }
-            vm_ratio.push(this[1] / this[0]);
-            none_ratio.push(this[2] / this[0]);
+    }
+    let pairs: Vec<(usize, usize)> = (0..SLOT_COUNTS.len())
+        .flat_map(|v| (0..3).map(move |m| (v, m)))
+        .collect();
+    // rounds_ns[r][v][m]: NaN where that sample's threads never overlapped.
+    let mut rounds_ns = Vec::new();
+    let mut runs = 0;
+    for r in 0..rounds {
+        let mut this = vec![[0.0; 3]; SLOT_COUNTS.len()];
+        for k in 0..pairs.len() {
+            let (v, m) = pairs[(r + k) % pairs.len()];
+            let got = sample(&vms[v], CacheMode::ALL[m], threads, reps);
+            runs += got.runs;
+            this[v][m] = got.ns;
         }
+        rounds_ns.push(this);
+    }
+    // Ratios per round, where both samples counted.
+    let ratio = |(v1, m1): (usize, usize), (v0, m0): (usize, usize)| -> Vec<f64> {
+        rounds_ns
+            .iter()
+            .map(|t| t[v1][m1] / t[v0][m0])
+            .filter(|x| x.is_finite())
+            .collect()
+    };
+    let mut flat = ratio((SLOT_COUNTS.len() - 1, 0), (0, 0));
+    assert!(
+        !flat.is_empty(),
+        "no round had its threads running at the same time"
+    );
+    let fmt_spread = |v: &mut Vec<f64>| {
+        let m = median(v);
+        format!("{m:.2} [{:.2}..{:.2}]", v[0], v[v.len() - 1])
+    };
+    let mut json = Vec::new();
+    for (v, &n) in SLOT_COUNTS.iter().enumerate() {
+        let mut vm_ratio = ratio((v, 1), (v, 0));
+        let mut none_ratio = ratio((v, 2), (v, 0));
         assert!(
-            !vm_ratio.is_empty(),
-            "{n} slots: no round had its threads running at the same time"
+            !vm_ratio.is_empty() && !none_ratio.is_empty(),
+            "{n} slots: no round counted"
         );
-        let counted = vm_ratio.len();
-        let med: Vec<f64> = ns.iter_mut().map(|v| median(v)).collect();
         let (vr, nr) = (median(&mut vm_ratio), median(&mut none_ratio));
-        let fmt_spread = |v: &[f64], m: f64| format!("{m:.2} [{:.2}..{:.2}]", v[0], v[v.len() - 1]);
+        let med: Vec<f64> = (0..3)
+            .map(|m| {
+                let mut x: Vec<f64> = rounds_ns
+                    .iter()
+                    .map(|t| t[v][m])
+                    .filter(|x| x.is_finite())
+                    .collect();
+                median(&mut x)
+            })
+            .collect();
         println!(
-            "{n:>6} {:>10.1} {:>10.1} {:>10.1}   {:>16} {:>16}   {counted}/{rounds} rounds, {} reps",
+            "{n:>6} {:>10.1} {:>10.1} {:>10.1}   {:>16} {:>16}",
             med[0],
             med[1],
             med[2],
-            fmt_spread(&vm_ratio, vr),
-            fmt_spread(&none_ratio, nr),
-            runs
+            fmt_spread(&mut vm_ratio),
+            fmt_spread(&mut none_ratio),
         );
-        if n == SLOT_COUNTS[0] {
-            first_vcpu = med[0];
-        }
-        last_vcpu = med[0];
         json.push(format!(
             "{{\"slots\":{n},\"vcpu_ns\":{:.3},\"vm_ns\":{:.3},\"none_ns\":{:.3},\"vm_over_vcpu\":{vr:.4},\"none_over_vcpu\":{nr:.4}}}",
             med[0], med[1], med[2]
         ));
     }
     println!(
-        "vcpu {}/{} slots: {:.3} (flat: <= 1.10); dirty pages reported == pages written in every repetition",
+        "vcpu {}/{} slots: {} (flat: <= 1.10); {runs} repetitions run; \
+         dirty pages reported == pages written in every repetition",
         SLOT_COUNTS[SLOT_COUNTS.len() - 1],
         SLOT_COUNTS[0],
-        last_vcpu / first_vcpu
+        fmt_spread(&mut flat)
     );
     println!("(medians over rounds; ratios: median [min..max] of the per-round ratios)");
     if let Some(path) = value("--json") {
