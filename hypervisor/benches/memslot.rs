@@ -336,6 +336,9 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
+/// Sub-samples per sample in `--paired`; the fastest counts.
+const BEST: usize = 5;
+
 /// `--paired`: per slot count, rounds of one short sample each of our
 /// `lookup_with::<VcpuIndex>`, the bare floor and vm-memory, back to back (the
 /// order rotating each round), so that all three see the same machine speed.
@@ -344,9 +347,10 @@ fn spread(v: &[f64]) -> (f64, f64, f64) {
 /// slots, >= 12x at 509).
 fn paired(rounds: usize, sample_ns: u128) -> bool {
     println!(
-        "paired: pattern (a), 64 vCPUs; {rounds} rounds of one >= {} ms sample each of \
-         vcpu (our lookup_with::<VcpuIndex>), floor (bare cached lookup) and vm-memory",
-        sample_ns / 1_000_000
+        "paired: pattern (a), 64 vCPUs; {rounds} rounds of one sample each (the best of {BEST} \
+         sub-samples of >= {} us) of vcpu (our lookup_with::<VcpuIndex>), floor (bare cached \
+         lookup) and vm-memory",
+        sample_ns / 1_000
     );
     let mut ok = true;
     let mut summary = Vec::new();
@@ -385,7 +389,11 @@ fn paired(rounds: usize, sample_ns: u128) -> bool {
             let mut ns = [0.0; 3];
             for k in 0..3 {
                 let i = (r + k) % 3;
-                ns[i] = sample(passes[i], stream.len(), checksum, &mut runs[i]);
+                // Best of BEST short sub-samples: a sub-sample that the OS
+                // or another process interrupted is slower, never faster.
+                ns[i] = (0..BEST)
+                    .map(|_| sample(passes[i], stream.len(), checksum, &mut runs[i]))
+                    .fold(f64::INFINITY, f64::min);
             }
             vf.push(ns[0] / ns[1]);
             mv.push(ns[2] / ns[0]);
@@ -443,9 +451,9 @@ fn main() {
     if std::env::args().any(|a| a == "--paired") {
         println!("memslot lookup, {}", cpu_model());
         let ok = if quick {
-            paired(7, 2_000_000)
+            paired(7, 400_000)
         } else {
-            paired(21, 3_000_000)
+            paired(21, 600_000)
         };
         std::process::exit(if ok { 0 } else { 1 });
     }
