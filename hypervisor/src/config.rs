@@ -38,6 +38,9 @@ pub struct RunConfig<'a> {
     /// The watchdog: a vCPU that makes no VM exit for this many
     /// milliseconds of guest time is reported and the VM ends (0 = off).
     pub watchdog_ms: u64,
+    /// EPT page sizes a fault may map: "4k" or "2m" (2 MiB where the slot
+    /// allows it).
+    pub ept_pages: &'a str,
 }
 
 impl Default for RunConfig<'_> {
@@ -55,6 +58,7 @@ impl Default for RunConfig<'_> {
             readonly_slot: None,
             initrd: "",
             watchdog_ms: DEFAULT_WATCHDOG_MS,
+            ept_pages: "4k",
         }
     }
 }
@@ -123,6 +127,12 @@ impl<'a> RunConfig<'a> {
                 }
                 "initrd" => c.initrd = value,
                 "watchdog_ms" => c.watchdog_ms = num()?,
+                "ept_pages" => {
+                    if !matches!(value, "4k" | "2m") {
+                        return Err(err("ept_pages must be 4k or 2m"));
+                    }
+                    c.ept_pages = value;
+                }
                 "dirty_mode" => {
                     c.dirty_concurrent = match value {
                         "sync" => false,
@@ -179,6 +189,7 @@ impl fmt::Display for RunConfig<'_> {
             "sync"
         };
         writeln!(f, "dirty_mode={mode}")?;
+        writeln!(f, "ept_pages={}", self.ept_pages)?;
         if let Some(i) = self.readonly_slot {
             writeln!(f, "readonly_slot={i}")?;
         }

@@ -118,7 +118,7 @@ pub fn run(vm: &Vm<KernelMemory>, id: u32, cpu: usize) -> VcpuReport {
     ) {
         println!("vcpu{id}: {stop}");
     }
-    v.stats.lookups = v.slot_cache.stats;
+    v.stats.lookups = v.counters().lookups;
     VcpuReport {
         id,
         stop,

@@ -12,6 +12,7 @@ use anyhow::Result;
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use hypervisor::limits::CacheMode;
+use hypervisor::mm::fault::EptPages;
 use std::path::PathBuf;
 
 /// `cargo xtask`: build, run, test and measure the hypervisor.
@@ -80,7 +81,8 @@ pub enum BenchCmd {
     /// Memslot lookup cost on the host, next to vm-memory's find_region
     #[command(after_help = "Examples:\n  \
         cargo xtask bench memslot\n  \
-        cargo xtask bench memslot --quick")]
+        cargo xtask bench memslot --quick\n  \
+        cargo xtask bench memslot --paired")]
     Memslot(MemslotArgs),
     /// Dirty-page logging shaped like KVM's dirty_log_perf_test, in a guest
     ///
@@ -93,6 +95,19 @@ pub enum BenchCmd {
     /// iteration the dirty pages against the pages written (it fails if they
     /// differ). Under Bochs the figures are emulated cycles.
     DirtyLog(DirtyLogArgs),
+    /// The dirty-log fault path on real host threads, cache modes side by side
+    ///
+    /// T threads (default: the number of cores), each a vCPU with its own
+    /// memslot cache, write-fault sequential pages of their own slot through
+    /// the hypervisor's lookup, EPT and dirty-bitmap code, with 1, 8, 64 and
+    /// 509 slots; the controller harvests the log and checks that the dirty
+    /// pages reported equal the pages written. Prints ns per fault and the
+    /// ratios vm/vcpu and none/vcpu (alternating samples in one run), and
+    /// writes target/xtask/bench/fault-path.{json,svg}.
+    #[command(after_help = "Examples:\n  \
+        cargo xtask bench fault-path\n  \
+        cargo xtask bench fault-path --threads 2 --quick")]
+    FaultPath(crate::bench_fault::FaultPathArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -100,6 +115,11 @@ pub struct MemslotArgs {
     /// Fewer samples: a quick look, not a measurement
     #[arg(long)]
     pub quick: bool,
+    /// Alternate short samples of our lookup, a bare cached lookup (the
+    /// floor) and vm-memory in one process; print the ratios per round with
+    /// their spread, and fail if the goals are missed
+    #[arg(long)]
+    pub paired: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -182,6 +202,15 @@ pub struct GuestArgs {
     /// time is reported (RIP, mode) and the run ends (0 = off)
     #[arg(long, value_name = "S", default_value_t = 30, value_parser = checks::watchdog_s)]
     pub watchdog: u64,
+    /// EPT pages a fault maps: 4k, or 2m where the slot covers the aligned
+    /// 2 MiB (and is not dirty-logged)
+    #[arg(long, value_name = "SIZE", default_value = "4k", value_parser = ept_pages_parser())]
+    pub ept_pages: EptPages,
+}
+
+/// `--ept-pages 4k|2m`, parsed into the hypervisor's own type.
+pub fn ept_pages_parser() -> impl TypedValueParser<Value = EptPages> {
+    PossibleValuesParser::new(["4k", "2m"]).map(|s| s.parse::<EptPages>().expect("a listed name"))
 }
 
 impl GuestArgs {
@@ -208,6 +237,7 @@ impl GuestArgs {
             },
             readonly_slot: self.readonly_slot,
             watchdog_ms: self.watchdog * 1000,
+            ept_pages: self.ept_pages,
             ..base
         }
     }

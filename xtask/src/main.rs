@@ -15,6 +15,7 @@
 
 mod artifacts;
 mod bench_dirty;
+mod bench_fault;
 mod checks;
 mod cli;
 mod emu;
@@ -196,6 +197,9 @@ fn cmd_bench_memslot(a: &MemslotArgs) -> Result<i32> {
     if a.quick {
         c.arg("--quick");
     }
+    if a.paired {
+        c.arg("--paired");
+    }
     let ok = c.status().context("running cargo bench")?.success();
     Ok(if ok { 0 } else { 1 })
 }
@@ -226,6 +230,7 @@ fn main() {
         Cmd::Bench { what } => match what {
             BenchCmd::Memslot(a) => cmd_bench_memslot(a),
             BenchCmd::DirtyLog(a) => bench_dirty::cmd(a),
+            BenchCmd::FaultPath(a) => bench_fault::cmd(a),
         },
         Cmd::Asm => workspace::root().and_then(|root| {
             println!("{}", nospec::run(&root)?);

@@ -2,14 +2,15 @@
 //! on any conditional branch that depends on a cached slot index.
 //!
 //! `hypervisor::mm::memslot` clamps every cached index with `index_nospec`
-//! (`cmp`/`sbb`/`and`, like Linux's `array_index_nospec`). That only helps if
+//! (`cmp`/`cmovae`, with the effect of Linux's `array_index_nospec`). That only helps if
 //! the compiler adds no branch on the index of its own, e.g. a bounds check
 //! before the load. So we read the compiled code of two probes:
-//! - `hv_probe_index_nospec`: must be the `cmp`, `sbb m, m`, `and` sequence,
-//!   with no conditional jump at all;
+//! - `hv_probe_index_nospec`: must be `cmp` then `cmovae idx, zero` (a
+//!   register zeroed before), or Linux's `cmp`, `sbb m, m`, `and`, with no
+//!   conditional jump at all;
 //! - `hv_probe_lookup_vcpu_hit` (the real hit path of `lookup_vcpu`): no
-//!   conditional jump before the `sbb`, and the first one only after a memory
-//!   load addressed with the masked index.
+//!   conditional jump before the clamp, and the first one only after a memory
+//!   load addressed with the clamped index.
 
 use anyhow::{bail, Context};
 use std::collections::HashSet;
@@ -349,14 +350,72 @@ fn find_and(insns: &[&Insn], from: usize, mask: &str) -> Result<(usize, &'static
         .ok_or_else(|| format!("no `and` applies the mask register {mask}"))
 }
 
+/// Finds `cmp a, b` directly followed by `cmovae d, z` (or its aliases
+/// `cmovnb`, `cmovnc`) whose `z` was zeroed before (`xor z, z` or
+/// `mov z, 0`): (index of the `cmov`, register holding the clamped index).
+fn find_cmov(insns: &[&Insn]) -> Result<(usize, &'static str), String> {
+    let cmov = insns
+        .iter()
+        .position(|i| matches!(i.mnemonic.as_str(), "cmovae" | "cmovnb" | "cmovnc"))
+        .ok_or("no `cmovae` clamp instruction")?;
+    let (d, z) = match insns[cmov].operands.as_slice() {
+        [d, z] => match (reg_operand(d), reg_operand(z)) {
+            (Some(d), Some(z)) => (d, z),
+            _ => return Err(format!("`{}` is not `cmovae reg, reg`", insns[cmov].text())),
+        },
+        _ => return Err(format!("`{}` is not `cmovae reg, reg`", insns[cmov].text())),
+    };
+    if cmov == 0 || insns[cmov - 1].mnemonic != "cmp" {
+        return Err(format!(
+            "`{}` does not directly follow a `cmp`",
+            insns[cmov].text()
+        ));
+    }
+    // The last write of `z` before the cmov must make it zero.
+    let zeroed = insns[..cmov]
+        .iter()
+        .rev()
+        .find(|i| i.operands.first().and_then(|op| reg_operand(op)) == Some(z))
+        .is_some_and(|i| {
+            (i.mnemonic == "xor" && i.operands.len() == 2 && reg_operand(&i.operands[1]) == Some(z))
+                || (i.mnemonic == "mov" && i.operands.get(1).map(String::as_str) == Some("0"))
+        });
+    if !zeroed {
+        return Err(format!(
+            "`{}`: {z} is not zeroed before it",
+            insns[cmov].text()
+        ));
+    }
+    Ok((cmov, d))
+}
+
+/// The branch-free clamp: `cmp`/`cmovae` (ours) or `cmp`/`sbb`/`and`
+/// (Linux's). Returns (index of its last instruction, register holding the
+/// clamped index, description).
+fn find_clamp(insns: &[&Insn]) -> Result<(usize, &'static str, String), String> {
+    match find_cmov(insns) {
+        Ok((cmov, reg)) => Ok((cmov, reg, format!("cmp/cmovae clamp into {reg}"))),
+        Err(cmov_problem) => match find_mask(insns) {
+            Ok((sbb, mask)) => {
+                let (and, reg) = find_and(insns, sbb, mask)?;
+                Ok((
+                    and,
+                    reg,
+                    format!("cmp/sbb/and mask in {mask}, masked index in {reg}"),
+                ))
+            }
+            Err(sbb_problem) => Err(format!("{cmov_problem}; {sbb_problem}")),
+        },
+    }
+}
+
 fn check_index_probe(f: &Function) -> Result<String, String> {
     let insns: Vec<&Insn> = f.insns().collect();
     if let Some(jcc) = insns.iter().find(|i| i.is_jcc()) {
         return Err(format!("conditional branch `{}`", jcc.text()));
     }
-    let (sbb, mask) = find_mask(&insns)?;
-    find_and(&insns, sbb, mask)?;
-    Ok(format!("cmp/sbb/and mask in {mask}, no conditional branch"))
+    let (_, _, what) = find_clamp(&insns)?;
+    Ok(format!("{what}, no conditional branch"))
 }
 
 /// Instructions that overwrite their destination without reading it.
@@ -393,18 +452,17 @@ fn masked_load(insns: &[&Insn], and: usize, masked: &'static str) -> Option<usiz
 
 fn check_hit_probe(f: &Function) -> Result<String, String> {
     let insns: Vec<&Insn> = f.insns().collect();
-    let (sbb, mask) = find_mask(&insns)?;
-    if let Some(jcc) = insns[..sbb].iter().find(|i| i.is_jcc()) {
+    let (clamp, masked, what) = find_clamp(&insns)?;
+    if let Some(jcc) = insns[..clamp].iter().find(|i| i.is_jcc()) {
         return Err(format!(
             "conditional branch `{}` before the mask",
             jcc.text()
         ));
     }
-    let (and, masked) = find_and(&insns, sbb, mask)?;
-    let Some(load) = masked_load(&insns, and, masked) else {
+    let Some(load) = masked_load(&insns, clamp, masked) else {
         return Err("no memory load through the masked index".to_string());
     };
-    if let Some(jcc) = insns[sbb..load].iter().find(|i| i.is_jcc()) {
+    if let Some(jcc) = insns[clamp..load].iter().find(|i| i.is_jcc()) {
         return Err(format!(
             "conditional branch `{}` before the first load through the masked index",
             jcc.text()
@@ -415,7 +473,7 @@ fn check_hit_probe(f: &Function) -> Result<String, String> {
         None => "none".to_string(),
     };
     Ok(format!(
-        "mask in {mask}, masked index in {masked}, loaded by `{}`; first conditional branch: {first_jcc}",
+        "{what}, loaded by `{}`; first conditional branch: {first_jcc}",
         insns[load].text(),
     ))
 }
@@ -475,6 +533,76 @@ hv_probe_lookup_vcpu_hit:
 \tret
 .Lfunc_end34:
 ";
+
+    // The cmp/cmovae form (nightly-2026-08-01, the current index_nospec).
+    const INDEX_CMOV: &str = "
+hv_probe_index_nospec:
+\tmov\trax, rdi
+\txor\tecx, ecx
+\t#APP
+\tcmp\trax, rsi
+\tcmovae\trax, rcx
+\t#NO_APP
+\tret
+.Lfunc_end33:
+";
+
+    const HIT_CMOV: &str = "
+hv_probe_lookup_vcpu_hit:
+\tmov\trcx, rdx
+\tmov\trdx, rsi
+\tmov\trsi, qword ptr [rdi + 16416]
+\tmov\tr8, qword ptr [rcx]
+\txor\teax, eax
+\t#APP
+\tcmp\tr8, rsi
+\tcmovae\tr8, rax
+\t#NO_APP
+\tshl\tr8, 5
+\tmov\tr9, rdx
+\tsub\tr9, qword ptr [rdi + r8 + 128]
+\tmov\tal, 1
+\tcmp\tr9, qword ptr [rdi + r8 + 136]
+\tjae\t.LBB335_1
+\tret
+.LBB335_1:
+\tpush\trax
+\tcall\tqword ptr [rip + vcpu_miss@GOTPCREL]
+\tret
+.Lfunc_end34:
+";
+
+    #[test]
+    fn cmov_clamp_passes_and_is_checked() {
+        let report = check_asm(&asm(INDEX_CMOV, HIT_CMOV)).unwrap();
+        assert!(
+            report.contains("hv_probe_lookup_vcpu_hit: ok: cmp/cmovae clamp into r8, loaded by `sub r9, qword ptr [rdi + r8 + 128]`"),
+            "{report}"
+        );
+        // The "zero" is not zero.
+        let index = INDEX_CMOV.replace("\txor\tecx, ecx\n", "\tmov\tecx, 5\n");
+        let err = check_asm(&asm(&index, HIT_CMOV)).unwrap_err();
+        assert!(err.contains("rcx is not zeroed before it"), "{err}");
+        // A bounds-check branch before the clamp.
+        let hit = HIT_CMOV.replace(
+            "\txor\teax, eax\n",
+            "\txor\teax, eax\n\tcmp\tr8, rsi\n\tjae\t.LBB335_1\n",
+        );
+        let err = check_asm(&asm(INDEX_CMOV, &hit)).unwrap_err();
+        assert!(
+            err.contains("conditional branch `jae .LBB335_1` before the mask"),
+            "{err}"
+        );
+        // The load does not use the clamped index.
+        let hit = HIT_CMOV
+            .replace("[rdi + r8 + 128]", "[rdi + rcx + 128]")
+            .replace("[rdi + r8 + 136]", "[rdi + rcx + 136]");
+        let err = check_asm(&asm(INDEX_CMOV, &hit)).unwrap_err();
+        assert!(
+            err.contains("no memory load through the masked index"),
+            "{err}"
+        );
+    }
 
     fn asm(index: &str, hit: &str) -> String {
         format!("{index}\n{hit}")
@@ -557,13 +685,13 @@ hv_probe_lookup_vcpu_hit:
         let index = INDEX_OK.replace("\tsbb\trax, rax\n", "\tsetb\tal\n\tneg\trax\n");
         let err = check_asm(&asm(&index, HIT_OK)).unwrap_err();
         assert!(
-            err.contains("hv_probe_index_nospec: FAIL: no `sbb`"),
+            err.contains("hv_probe_index_nospec: FAIL: no `cmovae` clamp instruction; no `sbb`"),
             "{err}"
         );
         let hit = HIT_OK.replace("\tsbb\trax, rax\n", "");
         let err = check_asm(&asm(INDEX_OK, &hit)).unwrap_err();
         assert!(
-            err.contains("hv_probe_lookup_vcpu_hit: FAIL: no `sbb`"),
+            err.contains("hv_probe_lookup_vcpu_hit: FAIL: no `cmovae` clamp instruction; no `sbb`"),
             "{err}"
         );
     }

@@ -82,6 +82,7 @@ impl KernelSpec {
         Ok(())
     }
 }
+use hypervisor::mm::fault::EptPages;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestSpec {
@@ -107,6 +108,8 @@ pub struct GuestSpec {
     /// A kernel run: the kernel instead of a guest program (`guest` is
     /// then the kernel's file name).
     pub kernel: Option<KernelSpec>,
+    /// EPT page sizes a fault may map.
+    pub ept_pages: EptPages,
 }
 
 impl GuestSpec {
@@ -124,6 +127,7 @@ impl GuestSpec {
             readonly_slot: None,
             watchdog_ms: hypervisor::config::DEFAULT_WATCHDOG_MS,
             kernel: None,
+            ept_pages: EptPages::Only4K,
         }
     }
 
@@ -150,6 +154,7 @@ impl GuestSpec {
             readonly_slot: self.readonly_slot,
             initrd: self.kernel.as_ref().map_or("", |k| k.initrd_name.as_str()),
             watchdog_ms: self.watchdog_ms,
+            ept_pages: self.ept_pages.as_str(),
         }
     }
 

@@ -235,6 +235,33 @@ fn memtouch_check(log: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// memtouch over 64 MiB in one slot with `--ept-pages 2m`: the slot's
+/// aligned 2 MiB ranges are mapped whole, so populating takes at most 1/100
+/// of the EPT violations of 4 KiB pages (one per page, `memtouch_check`).
+fn memtouch_2m_check(log: &str) -> Result<(), String> {
+    let s = summary(log)?;
+    all_vcpus_pass(&s, 1)?;
+    let pages = s.mem_pages;
+    let faults: u64 = s
+        .vcpu
+        .iter()
+        .map(|v| v.exits.get("EPT violation").copied().unwrap_or(0))
+        .sum();
+    let covered = s.ept.leaves_4k + 512 * s.ept.leaves_2m;
+    if s.ept.leaves_2m == 0 || covered != pages {
+        return Err(format!(
+            "{pages} guest pages, EPT maps {covered} ({} 2 MiB leaves)",
+            s.ept.leaves_2m
+        ));
+    }
+    if faults * 100 > pages {
+        return Err(format!(
+            "{faults} EPT violations for {pages} pages: more than 1/100 of the 4 KiB count"
+        ));
+    }
+    Ok(())
+}
+
 /// Every vCPU reported PASS and shut down cleanly.
 fn all_vcpus_pass(s: &Summary, want: usize) -> Result<(), String> {
     if s.vcpu.len() != want {
@@ -307,6 +334,28 @@ fn dirty_concurrent_check(log: &str) -> Result<(), String> {
             "shadow copy differs from guest memory on {m:?} page(s): a write was lost"
         )),
     }
+}
+
+/// Concurrent dirty logging with 2 MiB pages: populating took one fault per
+/// 2 MiB (not per page), and after logging split them the shadow copy still
+/// equals memory.
+fn dirty_2m_check(log: &str) -> Result<(), String> {
+    dirty_concurrent_check(log)?;
+    let s = summary(log)?;
+    let d = s.dirty_log.as_ref().ok_or("no dirty_log in the SUMMARY")?;
+    let populate = d
+        .phases
+        .iter()
+        .find(|p| p.name == "Populate memory")
+        .ok_or("no \"Populate memory\" phase")?;
+    let pages = d.pages_per_vcpu * s.vcpu.len() as u64;
+    if populate.ept_violations * 100 > pages {
+        return Err(format!(
+            "populating {pages} pages took {} EPT violations: 2 MiB pages were not used",
+            populate.ept_violations
+        ));
+    }
+    Ok(())
 }
 
 impl Case {
@@ -405,6 +454,14 @@ pub fn cases() -> Vec<Case> {
             .check(memtouch_check),
         );
     }
+    let mut huge = guest("memtouch", 64, 1);
+    huge.ept_pages = hypervisor::mm::fault::EptPages::Allow2M;
+    v.push(
+        Case::bochs("bochs-memtouch-64m-2m-pages", huge, Success)
+            .contains(&["vcpu0: guest reports PASS"])
+            .absent(&["CONTAINED"])
+            .check(memtouch_2m_check),
+    );
     v.push(
         Case::bochs("bochs-unbacked-contained", guest("unbacked", 16, 4), Failure)
             .contains(&["vcpu0: CONTAINED: access to memory no memslot backs: gpa=0x1100000 gfn=0x1100 access=write rip="])
@@ -587,6 +644,18 @@ pub fn cases() -> Vec<Case> {
             .absent(&["VMLAUNCH", "[vcpu0]"]),
         );
     }
+    let mut g = guest("dirtylog", 2, 1);
+    g.iterations = 3;
+    g.bytes_per_vcpu = 0x20_0000;
+    g.dirty_concurrent = true;
+    g.ept_pages = hypervisor::mm::fault::EptPages::Allow2M;
+    v.push(
+        Case::bochs("bochs-dirty-log-concurrent-2m-pages", g, Success)
+            .cpus(2)
+            .contains(&["Iteration 3 dirty memory time"])
+            .absent(&["CONTAINED"])
+            .check(dirty_2m_check),
+    );
     let refusal = "VMX is not available on this CPU:";
     v.push(
         Case::qemu("qemu-tcg-bios-refuses", Firmware::Bios)
@@ -820,7 +889,10 @@ mod unit {
             tsc_hz: 0,
             result: RunResult::Success,
             exit_code: None,
-            ept: EptSummary { leaves_4k: leaves },
+            ept: EptSummary {
+                leaves_4k: leaves,
+                leaves_2m: 0,
+            },
             vcpu: vcpus,
             dirty_log: None,
         }

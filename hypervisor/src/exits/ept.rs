@@ -10,16 +10,14 @@
 //! THEN sets the page's dirty bit, so that a controller harvesting the bitmap
 //! at the same time can never lose the write (see `dirty`).
 
-use crate::mm::ept::{EptPerms, MapResult};
-use crate::mm::fault::{self, Access, Fault, Mapped};
-use crate::mm::memslot::{Memslot, SlotFlags};
+use crate::mm::fault::{self, Access, Fault, MapFailure, Resolved};
+use crate::mm::memslot::Memslot;
 use crate::mm::HostMemory;
 use crate::vcpu::{Action, Stop};
 use crate::vcpu::{Hw, Vcpu};
 use crate::vmx::exit::EptViolation;
 use crate::vmx::fields::{Vmcs64, VmcsNatural};
 use alloc::format;
-use core::sync::atomic::{fence, Ordering};
 
 pub fn violation<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
     let gpa = v.vmcs.read64(Vmcs64::GuestPhysicalAddress)?;
@@ -51,56 +49,31 @@ pub fn violation<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Sto
             ));
         }
     };
-    let page = gpa & !0xfff;
-    let hpa = slot.host_phys(gfn);
-    match v.vm.ept.map_4k(page, hpa, perms) {
-        Ok(MapResult::Mapped) => {
-            v.stats.ept_mapped += 1;
-            if perms.contains(EptPerms::WRITE) {
-                after_write_access(v, slot, gfn);
-            }
+    let vm = v.vm;
+    let mark = |slot: &Memslot, gfn: u64| vm.mark_dirty(slot, gfn);
+    match fault::map_fault(&vm.ept, slot, gfn, access, perms, vm.ept_pages, mark) {
+        Ok(Resolved::Mapped(_)) => v.stats.ept_mapped += 1,
+        // Another vCPU mapped it between our fault and our lookup.
+        Ok(Resolved::Spurious) => v.stats.ept_spurious += 1,
+        Ok(Resolved::Logged) => v.stats.dirty_faults += 1,
+        Ok(Resolved::RestoredWrite) => {}
+        Err(MapFailure::Contain) => {
+            return Err(v.contain(
+                "EPT violation on a mapped page",
+                format!("gpa={gpa:#x} access={} qualification {q}", access.name()),
+            ))
         }
-        Ok(MapResult::AlreadyMapped {
-            hpa: existing,
-            perms: have,
-        }) => {
-            if existing != hpa {
-                return Err(Stop::Fatal(format!(
-                    "EPT maps gpa {page:#x} to {existing:#x}, its slot says {hpa:#x}"
-                )));
-            }
-            match fault::decide_mapped(access, slot.flags(), have) {
-                // Another vCPU mapped it between our fault and our lookup.
-                Mapped::Spurious => v.stats.ept_spurious += 1,
-                Mapped::RestoreWriteAndLog => {
-                    v.vm.ept.make_writable(page);
-                    v.stats.dirty_faults += 1;
-                    after_write_access(v, slot, gfn);
-                }
-                Mapped::RestoreWrite => {
-                    v.vm.ept.make_writable(page);
-                }
-                Mapped::Contain => {
-                    return Err(v.contain(
-                        "EPT violation on a mapped page",
-                        format!("gpa={gpa:#x} access={} qualification {q}", access.name()),
-                    ))
-                }
-            }
+        Err(MapFailure::Mismatch { existing, hpa }) => {
+            return Err(Stop::Fatal(format!(
+                "EPT maps gpa {:#x} to {existing:#x}, its slot says {hpa:#x}",
+                gpa & !0xfff
+            )))
         }
-        Err(e) => return Err(Stop::Fatal(format!("mapping gpa {page:#x}: {e}"))),
+        Err(MapFailure::Ept(e)) => {
+            return Err(Stop::Fatal(format!("mapping gpa {:#x}: {e}", gpa & !0xfff)))
+        }
     }
     Ok(Action::Resume)
-}
-
-/// Logs a page that just became writable, if its slot is logged. The fence
-/// pairs with the controller's (flag set, then sweep): either the controller
-/// sees our writable entry and protects it, or we see the flag and log.
-fn after_write_access<H: Hw, M: HostMemory>(v: &Vcpu<H, M>, slot: &Memslot, gfn: u64) {
-    fence(Ordering::SeqCst);
-    if slot.flags().contains(SlotFlags::DIRTY_LOG) {
-        v.vm.mark_dirty(slot, gfn);
-    }
 }
 
 pub fn misconfiguration<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {

@@ -658,6 +658,91 @@ impl<M: EptMemory> Ept<M> {
         }
     }
 
+    /// Unmaps every page in `[gpa, gpa + len)` (KVM's `kvm_zap_gfn_range`,
+    /// for a memslot that is deleted or moved).
+    ///
+    /// A 2 MiB leaf inside the range is cleared whole; one that straddles an
+    /// edge is first split, so that the pages outside the range stay mapped.
+    /// Paging structures stay linked (empty tables cost nothing and are
+    /// reused). Returns the number of 4 KiB pages unmapped. The range is
+    /// clamped to [`GPA_LIMIT`] and widened to whole 4 KiB pages.
+    ///
+    /// The caller must flush guest-physical mappings on every core (INVEPT,
+    /// and wait for it) before the host frames behind the range are reused.
+    /// On [`EptError::OutOfMemory`] (a split needed a frame) the walk stops;
+    /// a retry is safe.
+    pub fn zap_range(&self, gpa: u64, len: u64) -> Result<u64, EptError> {
+        let start = gpa & !(SIZE_4K - 1);
+        let end = gpa.saturating_add(len).saturating_add(SIZE_4K - 1) & !(SIZE_4K - 1);
+        let end = end.min(GPA_LIMIT);
+        let mut zapped = 0;
+        if len != 0 && start < end {
+            self.zap_level(self.pml4, 4, 0, start, end, &mut zapped)?;
+        }
+        Ok(zapped)
+    }
+
+    fn zap_level(
+        &self,
+        phys: u64,
+        level: u32,
+        base: u64,
+        start: u64,
+        end: u64,
+        zapped: &mut u64,
+    ) -> Result<(), EptError> {
+        let span = entry_span(level);
+        let first = (start.max(base) - base) / span;
+        let last = (end.min(base + span * ENTRIES as u64) - 1 - base) / span;
+        let table = self.table(phys);
+        for i in first..=last {
+            let slot = &table[i as usize];
+            let mut entry = slot.load(Ordering::Acquire);
+            if entry == 0 {
+                continue;
+            }
+            let child_base = base + i * span;
+            if level == 1 {
+                if slot.swap(0, Ordering::AcqRel) != 0 {
+                    self.leaves_4k.fetch_sub(1, Ordering::Relaxed);
+                    *zapped += 1;
+                }
+                continue;
+            }
+            if entry & E_LARGE != 0 {
+                if level != 2 {
+                    continue; // no 1 GiB leaves are ever created
+                }
+                if start <= child_base && child_base + span <= end {
+                    if slot
+                        .compare_exchange(entry, 0, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        self.leaves_2m.fetch_sub(1, Ordering::Relaxed);
+                        *zapped += ENTRIES as u64;
+                        continue;
+                    }
+                    entry = slot.load(Ordering::Acquire);
+                    if entry == 0 {
+                        continue;
+                    }
+                }
+                if entry & E_LARGE != 0 {
+                    entry = self.split_2m(slot, entry)? | E_RWX;
+                }
+            }
+            self.zap_level(
+                entry & E_ADDR_MASK,
+                level - 1,
+                child_base,
+                start,
+                end,
+                zapped,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Calls `f` for every leaf, in increasing guest-physical order. Leaves
     /// changed concurrently may be seen before or after the change.
     pub fn for_each_leaf(&self, mut f: impl FnMut(EptLeaf)) {

@@ -64,11 +64,25 @@ impl FrameAllocator {
 
     /// `n` physically contiguous frames; returns the first one's address.
     pub fn alloc_contiguous(&mut self, n: u64) -> Result<u64, OutOfFrames> {
+        self.alloc_aligned(n, FRAME)
+    }
+
+    /// `n` physically contiguous frames starting at a multiple of `align`
+    /// (a power of two, at least [`FRAME`]), e.g. 2 MiB so that guest RAM
+    /// can be mapped with 2 MiB EPT pages. The frames skipped to reach the
+    /// alignment stay unused.
+    pub fn alloc_aligned(&mut self, n: u64, align: u64) -> Result<u64, OutOfFrames> {
+        if !align.is_power_of_two() || align < FRAME {
+            return Err(OutOfFrames);
+        }
         let bytes = n.checked_mul(FRAME).ok_or(OutOfFrames)?;
         for i in self.current..self.nregions {
             let (start, end) = self.regions[i];
             let from = if i == self.current { self.next } else { start };
-            if end - from >= bytes {
+            let Some(from) = from.checked_next_multiple_of(align) else {
+                continue;
+            };
+            if from <= end && end - from >= bytes {
                 // Regions before `i` keep their tails unused: only the few
                 // large runs (guest RAM) made at start-up skip ahead.
                 self.current = i;
@@ -128,6 +142,21 @@ mod tests {
         assert_eq!(a.alloc_contiguous(2), Ok(0x20_0000));
         assert_eq!(a.alloc(), Err(OutOfFrames));
         assert_eq!(a.allocated(), 4);
+    }
+
+    #[test]
+    fn aligned_runs() {
+        const M2: u64 = 0x20_0000;
+        let mut a = FrameAllocator::new([(0x10_0000, 0x30_0000), (0x40_1000, 0x90_0000)]);
+        assert_eq!(a.alloc(), Ok(0x10_0000));
+        // 2 MiB aligned: skips to 0x200000.
+        assert_eq!(a.alloc_aligned(256, M2), Ok(M2));
+        // The rest of the first region is too small for 2 MiB at 2 MiB.
+        assert_eq!(a.alloc_aligned(512, M2), Ok(0x60_0000));
+        assert_eq!(a.alloc_aligned(1, 3 * FRAME), Err(OutOfFrames));
+        assert_eq!(a.alloc_aligned(1, 0), Err(OutOfFrames));
+        assert_eq!(a.alloc_aligned(2048, M2), Err(OutOfFrames));
+        assert_eq!(a.alloc(), Ok(0x80_0000));
     }
 
     #[test]

@@ -58,6 +58,9 @@ unsafe impl HostMemory for KernelMemory {
     fn alloc(&self, n: u64) -> Option<u64> {
         alloc_raw(n)
     }
+    fn alloc_aligned(&self, n: u64, align: u64) -> Option<u64> {
+        FRAMES.lock().as_mut()?.alloc_aligned(n, align).ok()
+    }
     fn remaining(&self) -> u64 {
         remaining()
     }

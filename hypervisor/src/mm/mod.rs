@@ -6,7 +6,10 @@ pub mod dirty;
 pub mod ept;
 pub mod fault;
 pub mod frames;
+pub mod live;
 pub mod memslot;
+#[cfg(test)]
+mod model;
 
 #[cfg(target_os = "none")]
 pub mod heap;
@@ -28,6 +31,14 @@ pub mod walk;
 pub unsafe trait HostMemory: ept::EptMemory + Clone + Send + Sync {
     /// `n` contiguous frames, not zeroed; `None` when memory is exhausted.
     fn alloc(&self, n: u64) -> Option<u64>;
+    /// `n` contiguous frames starting at a multiple of `align` (a power of
+    /// two), not zeroed. By default a larger run from [`alloc`](Self::alloc)
+    /// whose unaligned head and tail stay unused.
+    fn alloc_aligned(&self, n: u64, align: u64) -> Option<u64> {
+        let extra = align.checked_div(crate::x86::PAGE_SIZE)?.checked_sub(1)?;
+        let run = self.alloc(n.checked_add(extra)?)?;
+        run.checked_next_multiple_of(align)
+    }
     /// Bytes still available.
     fn remaining(&self) -> u64;
     /// Where host physical address `phys` is mapped.

@@ -81,6 +81,7 @@ fn summary(
         exit_code: vm.events.exit_code(),
         ept: schema::EptSummary {
             leaves_4k: vm.ept.stats().leaves_4k,
+            leaves_2m: vm.ept.stats().leaves_2m,
         },
         vcpu: reports
             .iter()

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! SUMMARY {"guest","mem_mib","mem_pages","slots","cache","vcpus","tsc_hz","result",
-//!          "exit_code"?,"ept":{"leaves_4k"},
+//!          "exit_code"?,"ept":{"leaves_4k","leaves_2m"?},
 //!          "vcpu":[{"id","status","exits":{reason:count},"ept_mapped","ept_spurious",
 //!                   "dirty_faults","lookups":{..},"cycles","report"?:{"status","value"}}],
 //!          "dirty_log"?:{"pages_per_vcpu","ok","mismatches"?,"rounds"?,
@@ -74,6 +74,13 @@ pub enum RunResult {
 pub struct EptSummary {
     /// 4 KiB leaf entries present.
     pub leaves_4k: u64,
+    /// 2 MiB leaf entries present (`ept_pages=2m`); absent means 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub leaves_2m: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Memslot lookups by the level that answered them.

@@ -354,7 +354,10 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
         Counters {
             exits: self.stats.total_exits(),
             ept_violations: self.stats.exits[ExitReason::EptViolation.as_index()],
-            lookups: self.slot_cache.stats,
+            lookups: self.slot_cache.stats(
+                self.stats.exits[ExitReason::EptViolation.as_index()],
+                self.vm.slots.mode(),
+            ),
         }
     }
 

@@ -22,6 +22,8 @@ use crate::machine::cpuid::CpuidPolicy;
 use crate::machine::pc::{Platform, PlatformParams};
 use crate::mm::dirty::DirtyBitmap;
 use crate::mm::ept::Ept;
+use crate::mm::ept::SIZE_2M;
+use crate::mm::fault::EptPages;
 use crate::mm::frames::FRAME;
 use crate::mm::guest_mem::GuestMem;
 use crate::mm::memslot::{CacheMode, LookupStats, Memslot, Memslots, SlotFlags, MAX_SLOTS};
@@ -158,6 +160,8 @@ pub struct Vm<M: HostMemory> {
     pub test_base: u64,
     /// Dirty bitmaps, indexed by slot id (one per slot, made with the slot).
     pub dirty: Vec<SlotBitmap>,
+    /// EPT page sizes a fault may map (`--ept-pages`).
+    pub ept_pages: EptPages,
 }
 
 fn all_ones_frame(mem: &impl HostMemory) -> Result<u64, String> {
@@ -304,6 +308,7 @@ impl<M: HostMemory> Vm<M> {
             .mem_mib
             .checked_mul(1 << 20)
             .ok_or("guest memory size overflows")?;
+        let ept_pages: EptPages = config.ept_pages.parse()?;
         let nslots = u64::from(config.slots);
         // A dirty-log run lays memory out like dirty_log_perf_test: a base
         // slot (image, tables, stacks; never logged) followed by the test
@@ -338,7 +343,15 @@ impl<M: HostMemory> Vm<M> {
                    bytes: u64,
                    flags: SlotFlags|
          -> Result<(), String> {
-            let host = mem.alloc(bytes / FRAME).ok_or_else(|| {
+            // Slots of 2 MiB or more start on a 2 MiB host boundary, so that
+            // with `ept_pages=2m` every aligned 2 MiB of them can be one EPT
+            // leaf (fault::huge_ok).
+            let host = if bytes >= SIZE_2M {
+                mem.alloc_aligned(bytes / FRAME, SIZE_2M)
+            } else {
+                mem.alloc(bytes / FRAME)
+            };
+            let host = host.ok_or_else(|| {
                 format!(
                     "out of host memory for guest RAM: a slot at {gpa:#x} needs {} KiB, {} KiB left",
                     bytes >> 10,
@@ -497,6 +510,7 @@ impl<M: HostMemory> Vm<M> {
             invvpid_single: ept_caps.contains(EptVpidCap::SINGLE_CONTEXT),
             test_base: if dirty_run { test_base } else { mem_bytes },
             dirty,
+            ept_pages,
         })
     }
 

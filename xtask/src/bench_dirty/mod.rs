@@ -147,7 +147,10 @@ pub mod sample {
             tsc_hz: 0,
             result: RunResult::Success,
             exit_code: None,
-            ept: EptSummary { leaves_4k: 1100 },
+            ept: EptSummary {
+                leaves_4k: 1100,
+                leaves_2m: 0,
+            },
             vcpu,
             dirty_log: Some(DirtyLogSummary {
                 pages_per_vcpu: pages,
@@ -166,6 +169,7 @@ pub mod sample {
             bytes_per_vcpu: MIB,
             iterations,
             cache,
+            ept_pages: hypervisor::mm::fault::EptPages::Only4K,
         }
     }
 

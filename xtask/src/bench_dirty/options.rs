@@ -9,6 +9,7 @@ use crate::spec::GuestSpec;
 use anyhow::{bail, Result};
 use clap::Args;
 use hypervisor::limits::{CacheMode, PAGE_SIZE};
+use hypervisor::mm::fault::EptPages;
 
 /// Guest memory below the first vCPU region: BootInfo, GDT and page tables,
 /// the guest image (linked at 1 MiB, about 1.1 MiB in all) ...
@@ -56,6 +57,11 @@ pub struct DirtyLogArgs {
     /// Memslot cache: vcpu, vm or none [default: vcpu]
     #[arg(long, value_name = "MODE", value_parser = cache_parser())]
     pub cache: Option<CacheMode>,
+    /// EPT pages a fault maps: 4k, or 2m where a slot allows it (logging
+    /// splits them)
+    #[arg(long, value_name = "SIZE", default_value = "4k",
+          value_parser = crate::cli::ept_pages_parser())]
+    pub ept_pages: EptPages,
     /// Print the SUMMARY object(s) instead of the report
     #[arg(long)]
     pub json: bool,
@@ -82,6 +88,7 @@ pub struct RunConf {
     pub bytes_per_vcpu: u64,
     pub iterations: u32,
     pub cache: CacheMode,
+    pub ept_pages: EptPages,
 }
 
 /// The options, checked, with the backend resolved.
@@ -93,6 +100,7 @@ pub struct Opts {
     pub bytes_per_vcpu: Option<u64>,
     pub iterations: Option<u32>,
     pub cache: Option<CacheMode>,
+    pub ept_pages: EptPages,
     pub json: bool,
     pub sweep: bool,
     pub backend: Backend,
@@ -117,6 +125,7 @@ impl DirtyLogArgs {
             bytes_per_vcpu: self.bytes_per_vcpu,
             iterations: self.iterations,
             cache: self.cache,
+            ept_pages: self.ept_pages,
             json: self.json,
             sweep: self.sweep,
             backend,
@@ -144,6 +153,7 @@ impl Opts {
             bytes_per_vcpu: self.bytes_per_vcpu.unwrap_or(DEFAULT_BYTES),
             iterations: self.iterations.unwrap_or(DEFAULT_ITERATIONS),
             cache: self.cache.unwrap_or_default(),
+            ept_pages: self.ept_pages,
         }
     }
 
@@ -158,6 +168,7 @@ impl Opts {
                     bytes_per_vcpu: self.bytes_per_vcpu.unwrap_or(SWEEP_BYTES),
                     iterations: self.iterations.unwrap_or(SWEEP_ITERATIONS),
                     cache,
+                    ept_pages: self.ept_pages,
                 });
             }
         }
@@ -189,6 +200,7 @@ impl RunConf {
             cpus: self.vcpus,
             iterations: self.iterations,
             bytes_per_vcpu: self.bytes_per_vcpu,
+            ept_pages: self.ept_pages,
             ..GuestSpec::new("dirtylog", self.mem_mib(), self.slots)
         }
     }
@@ -196,12 +208,16 @@ impl RunConf {
     /// A directory name that tells runs apart.
     pub fn dir_name(&self) -> String {
         format!(
-            "dirty-log-v{}-x{}-b{}k-i{}-{}",
+            "dirty-log-v{}-x{}-b{}k-i{}-{}{}",
             self.vcpus,
             self.slots,
             self.bytes_per_vcpu / KIB,
             self.iterations,
-            self.cache
+            self.cache,
+            match self.ept_pages {
+                EptPages::Only4K => "",
+                EptPages::Allow2M => "-2m",
+            }
         )
     }
 
@@ -261,6 +277,7 @@ mod tests {
             bytes_per_vcpu: b,
             iterations: 3,
             cache: CacheMode::Vcpu,
+            ept_pages: EptPages::Only4K,
         };
         assert!(conf(4, 64, MIB).guest_spec().check(bochs).is_ok());
         // 4 × 4 KiB = 4 pages cannot make 64 slots.
