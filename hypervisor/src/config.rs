@@ -38,6 +38,10 @@ pub struct RunConfig<'a> {
     /// The watchdog: a vCPU that makes no VM exit for this many
     /// milliseconds of guest time is reported and the VM ends (0 = off).
     pub watchdog_ms: u64,
+    /// Concurrent dirty-log run: memslot add/delete cycles the controller
+    /// makes during each iteration while the vCPUs write (KVM's
+    /// memslot_modification_stress_test); 0 = none.
+    pub slot_churn: u32,
     /// EPT page sizes a fault may map: "4k" or "2m" (2 MiB where the slot
     /// allows it).
     pub ept_pages: &'a str,
@@ -58,6 +62,7 @@ impl Default for RunConfig<'_> {
             readonly_slot: None,
             initrd: "",
             watchdog_ms: DEFAULT_WATCHDOG_MS,
+            slot_churn: 0,
             ept_pages: "4k",
         }
     }
@@ -127,6 +132,9 @@ impl<'a> RunConfig<'a> {
                 }
                 "initrd" => c.initrd = value,
                 "watchdog_ms" => c.watchdog_ms = num()?,
+                "slot_churn" => {
+                    c.slot_churn = u32::try_from(num()?).map_err(|_| err("too large"))?
+                }
                 "ept_pages" => {
                     if !matches!(value, "4k" | "2m") {
                         return Err(err("ept_pages must be 4k or 2m"));
@@ -159,6 +167,12 @@ impl<'a> RunConfig<'a> {
             return Err(ConfigError {
                 line: "readonly_slot",
                 reason: "there is no memslot with that index",
+            });
+        }
+        if c.slot_churn != 0 && !(c.iterations > 0 && c.dirty_concurrent) {
+            return Err(ConfigError {
+                line: "slot_churn",
+                reason: "memslot churn runs in a concurrent dirty-log run only",
             });
         }
         if c.slots == 0 {
@@ -197,6 +211,9 @@ impl fmt::Display for RunConfig<'_> {
             writeln!(f, "initrd={}", self.initrd)?;
         }
         writeln!(f, "watchdog_ms={}", self.watchdog_ms)?;
+        if self.slot_churn != 0 {
+            writeln!(f, "slot_churn={}", self.slot_churn)?;
+        }
         Ok(())
     }
 }
@@ -270,6 +287,7 @@ mod tests {
                 bytes_per_vcpu: 1 << 20,
                 dirty_concurrent: true,
                 watchdog_ms: 0,
+                slot_churn: 1000,
                 ..RunConfig::default()
             },
             RunConfig {

@@ -244,7 +244,7 @@ mod kernel {
         info!(
             "VM: {vcpus} vCPU(s), {} KiB of guest RAM in {} memslot(s), guest entry {:#x}, free memory from {:#x}",
             vm.layout.mem_bytes >> 10,
-            vm.slots.len(),
+            vm.with_slots(|s| s.len()),
             vm.entry,
             vm.layout.free_start
         );

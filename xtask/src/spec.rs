@@ -105,6 +105,8 @@ pub struct GuestSpec {
     pub readonly_slot: Option<u32>,
     /// The watchdog time (0 = off).
     pub watchdog_ms: u64,
+    /// Concurrent dirty-log run: memslot add/delete cycles per iteration.
+    pub slot_churn: u32,
     /// A kernel run: the kernel instead of a guest program (`guest` is
     /// then the kernel's file name).
     pub kernel: Option<KernelSpec>,
@@ -126,6 +128,7 @@ impl GuestSpec {
             dirty_concurrent: false,
             readonly_slot: None,
             watchdog_ms: hypervisor::config::DEFAULT_WATCHDOG_MS,
+            slot_churn: 0,
             kernel: None,
             ept_pages: EptPages::Only4K,
         }
@@ -154,6 +157,7 @@ impl GuestSpec {
             readonly_slot: self.readonly_slot,
             initrd: self.kernel.as_ref().map_or("", |k| k.initrd_name.as_str()),
             watchdog_ms: self.watchdog_ms,
+            slot_churn: self.slot_churn,
             ept_pages: self.ept_pages.as_str(),
         }
     }

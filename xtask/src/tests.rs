@@ -560,6 +560,24 @@ pub fn cases() -> Vec<Case> {
                 .check(check),
         );
     }
+    // KVM's memslot_modification_stress_test: 4 vCPUs write their memory
+    // (concurrent dirty log) while the controller adds and deletes a slot
+    // 1000 times per iteration; memory and dirty logs must stay exact.
+    let mut g = guest("dirtylog", 2, 4);
+    g.iterations = 3;
+    g.bytes_per_vcpu = 0x40000;
+    g.dirty_concurrent = true;
+    g.slot_churn = 1000;
+    v.push(
+        Case::bochs("bochs-memslot-stress", g, Success)
+            .cpus(4)
+            .contains(&[
+                "memslot churn: 3000 add/delete cycles of a 64 KiB slot",
+                "Iteration 3 dirty memory time",
+            ])
+            .absent(&["CONTAINED", "FAILED"])
+            .check(dirty_concurrent_check),
+    );
     // The project's multiboot kernel on the three CPU models. It ends by
     // writing its result to isa-debug-exit (port 0xF4): 0 ends the run
     // with success.

@@ -28,7 +28,7 @@ pub fn violation<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Sto
         fetch: q.fetch,
     };
     let gfn = gpa >> 12;
-    let slot = v.vm.slots.lookup_vcpu(gfn, &mut v.slot_cache);
+    let slot = v.slots().lookup_vcpu(gfn, &mut v.slot_cache);
     let (perms, slot) = match (fault::decide(access, slot.map(|s| s.flags())), slot) {
         (Fault::Map { perms }, Some(slot)) => (perms, slot),
         (Fault::ReadOnlyWrite, slot) => {

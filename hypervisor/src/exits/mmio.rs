@@ -124,10 +124,11 @@ pub(super) struct Tables<'a, M: HostMemory> {
 }
 
 impl<'a, M: HostMemory> Tables<'a, M> {
-    pub(super) fn new(vm: &'a Vm<M>) -> Self {
+    /// The tables as vCPU `v` sees them in its current exit.
+    pub(super) fn new<H: Hw>(v: &Vcpu<'a, H, M>) -> Self {
         Tables {
-            gm: GuestMem::new(&vm.slots, &vm.mem),
-            vm,
+            gm: v.guest_mem(),
+            vm: v.vm,
         }
     }
 }
@@ -138,7 +139,7 @@ impl<M: HostMemory> PageTableMemory for Tables<'_, M> {
     }
     fn update_entry(&mut self, gpa: u64, wide: bool, old: u64, new: u64) -> Result<bool, u64> {
         let gfn = gpa / PAGE_SIZE;
-        let slot = self.vm.slots.lookup(gfn, &mut self.gm.stats).ok_or(gpa)?;
+        let slot = self.gm.slots.lookup(gfn, &mut self.gm.stats).ok_or(gpa)?;
         if slot.flags().contains(SlotFlags::READONLY) {
             return Ok(true);
         }
@@ -178,10 +179,7 @@ fn fetch<H: Hw, M: HostMemory>(
         ac: false,
         ..WalkAccess::new(AccessKind::Fetch, cpl)
     };
-    let mut gm = Tables {
-        gm: GuestMem::new(&v.vm.slots, &v.vm.mem),
-        vm: v.vm,
-    };
+    let mut gm = Tables::new(v);
     let mut out = Fetched {
         bytes: [0; MAX_INSN_LEN],
         len: 0,

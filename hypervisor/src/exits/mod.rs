@@ -62,6 +62,14 @@ pub fn dispatch<H: Hw, M: HostMemory>(
     // An event whose delivery this exit cut short is delivered again on the
     // next entry (SDM 28.2.4), whatever the handler does.
     v.requeue_vectoring_event()?;
+    // The memslots this exit sees, held until it is handled (`mm::live`).
+    v.begin_section();
+    let result = handle(v, reason);
+    v.end_section();
+    result
+}
+
+fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>, reason: ExitReason) -> Result<Action, Stop> {
     match reason {
         ExitReason::EptViolation => ept::violation(v),
         ExitReason::EptMisconfig => ept::misconfiguration(v),

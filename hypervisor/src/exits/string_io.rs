@@ -112,8 +112,8 @@ pub fn handle<H: Hw, M: HostMemory>(
     );
     let mut moved = 0;
     let mut fault = None;
-    let mut tables = Tables::new(v.vm);
-    let mut gm = v.vm.guest_mem();
+    let mut tables = Tables::new(v);
+    let mut gm = v.guest_mem();
     while count > 0 && moved < MAX_PER_EXIT {
         let mut la = base.wrapping_add(index);
         if code_bits != 64 {
@@ -145,7 +145,7 @@ pub fn handle<H: Hw, M: HostMemory>(
         if input {
             // A read-only slot takes no write, as the EPT would refuse it.
             let readonly = gpas[..data.len()].iter().any(|&g| {
-                v.vm.slots
+                gm.slots
                     .lookup(g / 4096, &mut gm.stats)
                     .is_some_and(|s| s.flags().contains(SlotFlags::READONLY))
             });
@@ -164,7 +164,7 @@ pub fn handle<H: Hw, M: HostMemory>(
                     ));
                 }
                 // Written by the hypervisor, not through the EPT: log it.
-                v.vm.mark_dirty_gpa(gpas[i]);
+                v.vm.mark_dirty_gpa(gm.slots, gpas[i]);
             }
         } else {
             for (i, b) in data.iter_mut().enumerate() {

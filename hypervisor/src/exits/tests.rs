@@ -711,7 +711,7 @@ fn ept_violations_map_contain_and_log() {
     let (hpa, perms, size) = vm.ept.translate(0x5000).unwrap();
     assert_eq!(size, PageSize::Size4K);
     assert!(perms.contains(EptPerms::WRITE));
-    assert_eq!(hpa, vm.slots.iter().next().unwrap().host_phys(5));
+    assert_eq!(hpa, vm.slots.active_for_tests().iter().next().unwrap().host_phys(5));
     assert_eq!(v.stats.ept_mapped, 1);
     // The same fault again (another vCPU won): spurious.
     resumes(ept_fault(&mut v, 0x5000, READ));
@@ -741,7 +741,7 @@ fn ept_violations_map_contain_and_log() {
     ));
     // Dirty logging: a logged page maps read-only on a read, and the first
     // write restores write access and logs the page.
-    let slot0 = vm.slots.iter().next().unwrap();
+    let slot0 = vm.slots.active_for_tests().iter().next().unwrap();
     slot0.insert_flags(SlotFlags::DIRTY_LOG);
     resumes(ept_fault(&mut v, 0x9000, READ));
     assert!(!vm

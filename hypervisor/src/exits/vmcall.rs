@@ -51,7 +51,7 @@ fn console_write<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>, gpa: u64, len: u64) -
     }
     let mut buf = [0u8; CONSOLE_MAX as usize];
     let buf = &mut buf[..len as usize];
-    if v.vm.guest_mem().read(gpa, buf).is_err() {
+    if v.guest_mem().read(gpa, buf).is_err() {
         return HC_ERROR;
     }
     v.console_bytes(buf);
@@ -64,5 +64,10 @@ fn iteration_done<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>, pass: u64) -> u64 {
         return 1; // not a workload run: nothing to wait for
     };
     let counters = v.counters();
-    w.iteration_done(v.id, pass, counters, &mut || v.service_requests())
+    // The workload may wait for the controller, which may be changing the
+    // memslots: no read section may be open meanwhile.
+    v.end_section();
+    let r = w.iteration_done(v.id, pass, counters, &mut || v.service_requests());
+    v.begin_section();
+    r
 }

@@ -220,6 +220,15 @@ impl LiveSlots {
     }
 
     /// The cache mode.
+    /// The active array without the writer lock, for tests that change
+    /// nothing while they look.
+    #[cfg(test)]
+    pub fn active_for_tests(&self) -> &Memslots {
+        let active = self.active.load(Ordering::Acquire);
+        // SAFETY: tests call this with no update running.
+        unsafe { &*self.arrays[active].get() }
+    }
+
     pub fn mode(&self) -> CacheMode {
         self.with_active(Memslots::mode)
     }

@@ -70,7 +70,7 @@ fn summary(
         mem_mib: c.mem_mib,
         mem_pages: vm.mem_pages(),
         slots: c.slots,
-        cache: vm.slots.mode(),
+        cache: vm.cache_mode,
         vcpus: vm.vcpus,
         tsc_hz,
         result: if ok {

@@ -9,7 +9,9 @@ pub mod inject;
 mod mode;
 
 use crate::devices::lapic::ApicBase;
-use crate::mm::memslot::{LookupStats, VcpuSlotCache};
+use crate::mm::guest_mem::GuestMem;
+use crate::mm::live::ReadGuard;
+use crate::mm::memslot::{LookupStats, Memslots, VcpuSlotCache};
 use crate::mm::HostMemory;
 use crate::vm::{Counters, Vm};
 use crate::vmx::exit::{vector, ExitReason, InterruptionInfo, InterruptionType};
@@ -176,6 +178,10 @@ pub struct Vcpu<'a, H: Hw, M: HostMemory> {
     pub xcr0: u64,
     /// IA32_APIC_BASE: where this vCPU's local APIC is, and its mode.
     pub apic_base: ApicBase,
+    /// The memslot read section of the exit being handled (`mm::live`):
+    /// open from the start of `exits::dispatch` to its end, never while
+    /// the guest runs or the vCPU waits.
+    section: Option<ReadGuard<'a>>,
 }
 
 impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
@@ -193,6 +199,7 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
             flush_seen: 0,
             xcr0: 1,
             apic_base: ApicBase::new(id == 0),
+            section: None,
         }
     }
 
@@ -349,6 +356,35 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
         }
     }
 
+    /// Opens this exit's memslot read section: until [`Self::end_section`],
+    /// a memslot update waits before it reuses the array read here.
+    pub fn begin_section(&mut self) {
+        self.section = Some(self.vm.slots.read(self.id as usize));
+    }
+
+    /// Closes the read section (at the end of the exit, or before the vCPU
+    /// waits for something, so that no update waits on it).
+    pub fn end_section(&mut self) {
+        self.section = None;
+    }
+
+    /// The memslots of the current read section.
+    ///
+    /// # Panics
+    /// Outside a read section: that is a hypervisor bug (an update could
+    /// be reusing the array), never guest behaviour.
+    pub fn slots(&self) -> &'a Memslots {
+        match &self.section {
+            Some(g) => g.slots(),
+            None => panic!("vCPU {} read the memslots outside an exit", self.id),
+        }
+    }
+
+    /// Guest memory through the current read section's memslots.
+    pub fn guest_mem(&self) -> GuestMem<'a, M> {
+        GuestMem::new(self.slots(), &self.vm.mem)
+    }
+
     /// This vCPU's counters now, for a workload's phases.
     pub fn counters(&self) -> Counters {
         Counters {
@@ -356,7 +392,7 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
             ept_violations: self.stats.exits[ExitReason::EptViolation.as_index()],
             lookups: self.slot_cache.stats(
                 self.stats.exits[ExitReason::EptViolation.as_index()],
-                self.vm.slots.mode(),
+                self.vm.cache_mode,
             ),
         }
     }

@@ -62,7 +62,7 @@ impl<H: Hw, M: HostMemory> Vcpu<'_, H, M> {
         let r = a.regs;
         if a.load_pdptes {
             let mut pdptes = [0u64; 4];
-            let mut mem = self.vm.guest_mem();
+            let mut mem = self.guest_mem();
             let base = r.cr3 & 0xffff_ffe0;
             for (i, p) in pdptes.iter_mut().enumerate() {
                 let mut b = [0xffu8; 8];

@@ -26,6 +26,7 @@ use crate::mm::ept::SIZE_2M;
 use crate::mm::fault::EptPages;
 use crate::mm::frames::FRAME;
 use crate::mm::guest_mem::GuestMem;
+use crate::mm::live::LiveSlots;
 use crate::mm::memslot::{CacheMode, LookupStats, Memslot, Memslots, SlotFlags, MAX_SLOTS};
 use crate::mm::HostMemory;
 use crate::vmx::caps::{EptVpidCap, VmxCaps};
@@ -111,7 +112,12 @@ pub trait Workload: Sync {
 
 pub struct Vm<M: HostMemory> {
     pub config: RunConfig<'static>,
-    pub slots: Memslots,
+    /// The memslots, changeable while vCPUs run (`mm::live`): a vCPU reads
+    /// them inside an exit's read section (`Vcpu::slots`), the boot core
+    /// through `with_slots`.
+    pub slots: LiveSlots,
+    /// The memslot cache mode (fixed for the run).
+    pub cache_mode: CacheMode,
     /// Host memory: guest RAM, bitmaps and EPT tables come from here.
     pub mem: M,
     pub ept: Ept<M>,
@@ -482,7 +488,8 @@ impl<M: HostMemory> Vm<M> {
         let io_bitmaps = (all_ones_frame(&mem)?, all_ones_frame(&mem)?);
         Ok(Vm {
             config,
-            slots,
+            cache_mode: slots.mode(),
+            slots: LiveSlots::new(slots),
             mem,
             ept,
             requests: Requests::new(vcpus, kick),
@@ -522,8 +529,23 @@ impl<M: HostMemory> Vm<M> {
         }
     }
 
+    /// Guest memory as the boot core sees it (the loader, the dirty-log
+    /// controller): through the active memslot array, with memslot updates
+    /// held off meanwhile. vCPUs use `Vcpu::guest_mem` instead.
+    pub fn with_guest_mem<R>(&self, f: impl FnOnce(&mut GuestMem<'_, M>) -> R) -> R {
+        self.slots
+            .with_active(|slots| f(&mut GuestMem::new(slots, &self.mem)))
+    }
+
+    /// Guest memory for host tests, which change no slot while they look.
+    #[cfg(test)]
     pub fn guest_mem(&self) -> GuestMem<'_, M> {
-        GuestMem::new(&self.slots, &self.mem)
+        GuestMem::new(self.slots.active_for_tests(), &self.mem)
+    }
+
+    /// The active memslot array, for the boot core (updates held off).
+    pub fn with_slots<R>(&self, f: impl FnOnce(&Memslots) -> R) -> R {
+        self.slots.with_active(f)
     }
 
     /// Hands over the guest's unfinished output lines (at the end of a run).
@@ -548,21 +570,23 @@ impl<M: HostMemory> Vm<M> {
     }
 
     /// Logs a write the hypervisor made to guest memory at `gpa` (string
-    /// I/O, not through the EPT), if its slot is logged.
-    pub fn mark_dirty_gpa(&self, gpa: u64) {
+    /// I/O, not through the EPT), if its slot (in `slots`, the writer's
+    /// view) is logged.
+    pub fn mark_dirty_gpa(&self, slots: &Memslots, gpa: u64) {
         let gfn = gpa / FRAME;
         let mut stats = LookupStats::new();
-        if let Some(slot) = self.slots.lookup(gfn, &mut stats) {
+        if let Some(slot) = slots.lookup(gfn, &mut stats) {
             if slot.flags().contains(SlotFlags::DIRTY_LOG) {
                 self.mark_dirty(slot, gfn);
             }
         }
     }
 
-    /// The slots a dirty-log run logs.
-    pub fn test_slots(&self) -> impl Iterator<Item = &Memslot> {
+    /// The slots a dirty-log run logs, in `slots` (the boot core's view,
+    /// from [`Self::with_slots`]).
+    pub fn test_slots<'s>(&self, slots: &'s Memslots) -> impl Iterator<Item = &'s Memslot> {
         let first = self.test_base / FRAME;
-        self.slots.iter().filter(move |s| s.base_gfn() >= first)
+        slots.iter().filter(move |s| s.base_gfn() >= first)
     }
 
     pub fn mem_pages(&self) -> u64 {

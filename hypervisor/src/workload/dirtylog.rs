@@ -27,6 +27,7 @@ use crate::limits::MAX_CPUS;
 use crate::mm::frames::FRAME;
 use crate::mm::host::KernelMemory;
 use crate::mm::memslot::SlotFlags;
+use crate::mm::HostMemory;
 use crate::vm::{Counters, Vm, Workload};
 use alloc::string::String;
 use alloc::vec;
@@ -137,33 +138,82 @@ impl Harvest {
     }
     /// Every harvested gfn.
     fn for_each_gfn(&self, vm: &Vm<KernelMemory>, mut f: impl FnMut(u64)) {
-        for slot in vm.test_slots() {
-            let base = slot.base_gfn();
-            for (wi, &w) in self.words[usize::from(slot.id())].iter().enumerate() {
-                let mut w = w;
-                while w != 0 {
-                    let bit = w.trailing_zeros() as u64;
-                    f(base + wi as u64 * 64 + bit);
-                    w &= w - 1;
+        // The gfns first, then `f`: `f` may read guest memory, which takes
+        // the slots again.
+        let mut gfns = Vec::new();
+        vm.with_slots(|slots| {
+            for slot in vm.test_slots(slots) {
+                let base = slot.base_gfn();
+                for (wi, &w) in self.words[usize::from(slot.id())].iter().enumerate() {
+                    let mut w = w;
+                    while w != 0 {
+                        let bit = w.trailing_zeros() as u64;
+                        gfns.push(base + wi as u64 * 64 + bit);
+                        w &= w - 1;
+                    }
                 }
             }
-        }
+        });
+        gfns.into_iter().for_each(&mut f);
+    }
+}
+
+/// Size of the slot the churn adds and deletes.
+const CHURN_BYTES: u64 = 64 * 1024;
+
+/// KVM's memslot_modification_stress_test on the boot core: a slot above
+/// guest RAM is added and deleted over and over while the vCPUs write. Each
+/// delete waits for every vCPU to leave the read section it may hold the old
+/// array in, zaps the slot's EPT range and flushes guest-physical mappings
+/// on every core (`mm::live`) before the frames could be reused.
+struct Churn {
+    gpa: u64,
+    host: u64,
+    cycles: u64,
+}
+
+impl Churn {
+    fn new(vm: &Vm<KernelMemory>) -> Result<Self, String> {
+        let pages = CHURN_BYTES / FRAME;
+        let host = vm
+            .mem
+            .alloc(pages)
+            .ok_or_else(|| String::from("no host memory for the churn slot"))?;
+        // 2 MiB above the end of guest RAM: no vCPU touches it.
+        let gpa = (vm.layout.mem_bytes + (2 << 20)).next_multiple_of(2 << 20);
+        Ok(Churn {
+            gpa,
+            host,
+            cycles: 0,
+        })
+    }
+
+    fn cycle(&mut self, vm: &Vm<KernelMemory>) -> Result<(), String> {
+        use crate::mm::live;
+        let id = live::add_slot(&vm.slots, self.gpa, CHURN_BYTES, self.host, SlotFlags::empty())
+            .map_err(|e| alloc::format!("{e}"))?;
+        live::delete_slot(&vm.slots, &vm.ept, id, || vm.requests.flush_all_and_wait())
+            .map_err(|e| alloc::format!("{e}"))?;
+        self.cycles += 1;
+        Ok(())
     }
 }
 
 /// The first 8 bytes of guest page `gfn`.
 fn first_word(vm: &Vm<KernelMemory>, gfn: u64) -> u64 {
     let mut b = [0u8; 8];
-    let _ = vm.guest_mem().read(gfn * FRAME, &mut b);
+    let _ = vm.with_guest_mem(|gm| gm.read(gfn * FRAME, &mut b));
     u64::from_le_bytes(b)
 }
 
 /// "get dirty log": swap every logged slot's bitmap out.
 fn get_log(vm: &Vm<KernelMemory>, h: &mut Harvest) {
-    for slot in vm.test_slots() {
-        let id = usize::from(slot.id());
-        let _ = vm.dirty[id].get_and_clear(&mut h.words[id], |_| {});
-    }
+    vm.with_slots(|slots| {
+        for slot in vm.test_slots(slots) {
+            let id = usize::from(slot.id());
+            let _ = vm.dirty[id].get_and_clear(&mut h.words[id], |_| {});
+        }
+    });
 }
 
 /// "clear dirty log": write-protect exactly the harvested pages, then flush.
@@ -208,7 +258,8 @@ impl Shadow {
     }
 
     fn copy_page(&mut self, vm: &Vm<KernelMemory>, gfn: u64) {
-        let _ = vm.guest_mem().read(gfn * FRAME, self.page(gfn));
+        let page = self.page(gfn);
+        let _ = vm.with_guest_mem(|gm| gm.read(gfn * FRAME, page));
     }
 
     /// Pages whose copy differs from guest memory.
@@ -216,7 +267,7 @@ impl Shadow {
         let mut page = [0u8; FRAME as usize];
         let mut bad = 0;
         for gfn in self.base_gfn..vm.mem_pages() {
-            let _ = vm.guest_mem().read(gfn * FRAME, &mut page);
+            let _ = vm.with_guest_mem(|gm| gm.read(gfn * FRAME, &mut page));
             if self.page(gfn) != &page[..] {
                 bad += 1;
             }
@@ -256,13 +307,15 @@ pub fn controller(vm: &Vm<KernelMemory>, release: impl FnOnce()) -> Outcome {
     // Enabling: flag first (SeqCst), then protect what is mapped; a vCPU
     // that maps a page in between sees the flag and logs it (exits/ept.rs).
     let t = crate::arch::rdtsc();
-    for slot in vm.test_slots() {
-        vm.dirty[usize::from(slot.id())].clear_all();
-        slot.insert_flags(SlotFlags::DIRTY_LOG);
-        let _ = vm
-            .ept
-            .write_protect_range(slot.base_gfn() * FRAME, slot.npages() * FRAME);
-    }
+    vm.with_slots(|slots| {
+        for slot in vm.test_slots(slots) {
+            vm.dirty[usize::from(slot.id())].clear_all();
+            slot.insert_flags(SlotFlags::DIRTY_LOG);
+            let _ = vm
+                .ept
+                .write_protect_range(slot.base_gfn() * FRAME, slot.npages() * FRAME);
+        }
+    });
     vm.requests.flush_all_and_wait();
     phase("Enabling dirty logging".into(), t, Counters::ZERO, None);
 
@@ -275,18 +328,39 @@ pub fn controller(vm: &Vm<KernelMemory>, release: impl FnOnce()) -> Outcome {
         }
     }
 
+    let mut churn = match vm.config.slot_churn {
+        0 => None,
+        _ => match Churn::new(vm) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                crate::println!("memslot churn: FAILED: {e}");
+                ok = false;
+                None
+            }
+        },
+    };
     let mut prev = c1;
     let mut iteration_pages = Vec::new();
     let mut rounds = 0;
     for k in 1..=iterations {
         let t = crate::arch::rdtsc();
         if concurrent {
-            // Let the vCPUs write for a while: until each finished one more pass.
+            // Let the vCPUs write for a while: until each finished one more
+            // pass, and changing the memslots meanwhile if asked to.
             let target = (0..vcpus as usize)
                 .map(|i| DONE[i].load(Ordering::Acquire))
                 .min()
                 .unwrap_or(0)
                 + 1;
+            if let Some(c) = churn.as_mut() {
+                for _ in 0..vm.config.slot_churn {
+                    if let Err(e) = c.cycle(vm) {
+                        crate::println!("memslot churn: FAILED: {e}");
+                        ok = false;
+                        break;
+                    }
+                }
+            }
             wait_all(vcpus, target);
         } else {
             GO.store(k + 1, Ordering::Release);
@@ -358,16 +432,28 @@ pub fn controller(vm: &Vm<KernelMemory>, release: impl FnOnce()) -> Outcome {
         }
         mismatches = Some(bad);
     }
+    if let Some(c) = &churn {
+        crate::println!(
+            "memslot churn: {} add/delete cycles of a {} KiB slot at gpa {:#x} while the vCPUs \
+             wrote; memslot generation {}",
+            c.cycles,
+            CHURN_BYTES / 1024,
+            c.gpa,
+            vm.slots.generation()
+        );
+    }
     let t = crate::arch::rdtsc();
-    for slot in vm.test_slots() {
-        slot.remove_flags(SlotFlags::DIRTY_LOG);
-    }
-    // Restore write access everywhere it was taken.
-    for slot in vm.test_slots() {
-        for gfn in slot.base_gfn()..slot.end_gfn() {
-            vm.ept.make_writable(gfn * FRAME);
+    vm.with_slots(|slots| {
+        for slot in vm.test_slots(slots) {
+            slot.remove_flags(SlotFlags::DIRTY_LOG);
         }
-    }
+        // Restore write access everywhere it was taken.
+        for slot in vm.test_slots(slots) {
+            for gfn in slot.base_gfn()..slot.end_gfn() {
+                vm.ept.make_writable(gfn * FRAME);
+            }
+        }
+    });
     phase("Disabling dirty logging".into(), t, Counters::ZERO, None);
     let dirty_phases = phases
         .iter_mut()

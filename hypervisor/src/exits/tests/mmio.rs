@@ -70,12 +70,12 @@ fn vm_with_device() -> (&'static TestVm, Arc<spin::Mutex<Regs32>>) {
 }
 
 fn write_guest(vm: &TestVm, gpa: u64, bytes: &[u8]) {
-    GuestMem::new(&vm.slots, &vm.mem).write(gpa, bytes).unwrap();
+    vm.guest_mem().write(gpa, bytes).unwrap();
 }
 
 fn read_guest_u64(vm: &TestVm, gpa: u64) -> u64 {
     let mut b = [0u8; 8];
-    GuestMem::new(&vm.slots, &vm.mem).read(gpa, &mut b).unwrap();
+    vm.guest_mem().read(gpa, &mut b).unwrap();
     u64::from_le_bytes(b)
 }
 
@@ -378,7 +378,7 @@ fn string_io_moves_elements_through_the_guests_page_tables() {
     resumes(dispatch(&mut v, ExitReason::IoInstruction));
     assert_eq!((v.regs.rdi, v.regs.rcx), (0x3ffe, 0));
     let mut b = [0u8; 4];
-    GuestMem::new(&vm.slots, &vm.mem)
+    vm.guest_mem()
         .read(0x4000, &mut b)
         .unwrap();
     assert_eq!(b, [b'!', 0, b'!', 0]);
@@ -435,7 +435,7 @@ fn fetch_through_32_bit_and_pae_paging() {
     assert_eq!(rip(&v), 0xc010_0002);
     // The accessed flag, set with a 4-byte compare-exchange.
     let mut pde = [0u8; 4];
-    GuestMem::new(&vm.slots, &vm.mem)
+    vm.guest_mem()
         .read(0x1e_0000 + 0x300 * 4, &mut pde)
         .unwrap();
     assert_eq!(u32::from_le_bytes(pde), 0x83 | 0x20);
@@ -498,7 +498,7 @@ fn accessed_flags_are_logged_and_read_only_tables_stay_untouched() {
     let (vm, _) = vm_with_device();
     write_guest(vm, 0x10_0000, &[0x89, 0x03]);
     // Slot 0 dirty-logged: the walk's A-flag writes mark the table pages.
-    let slot0 = vm.slots.iter().next().unwrap();
+    let slot0 = vm.slots.active_for_tests().iter().next().unwrap();
     slot0.insert_flags(SlotFlags::DIRTY_LOG);
     let mut v = vcpu64(vm, 0x10_0000);
     resumes(mmio_fault(&mut v, WRITE));
