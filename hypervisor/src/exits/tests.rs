@@ -711,7 +711,15 @@ fn ept_violations_map_contain_and_log() {
     let (hpa, perms, size) = vm.ept.translate(0x5000).unwrap();
     assert_eq!(size, PageSize::Size4K);
     assert!(perms.contains(EptPerms::WRITE));
-    assert_eq!(hpa, vm.slots.active_for_tests().iter().next().unwrap().host_phys(5));
+    assert_eq!(
+        hpa,
+        vm.slots
+            .active_for_tests()
+            .iter()
+            .next()
+            .unwrap()
+            .host_phys(5)
+    );
     assert_eq!(v.stats.ept_mapped, 1);
     // The same fault again (another vCPU won): spurious.
     resumes(ept_fault(&mut v, 0x5000, READ));

@@ -190,8 +190,14 @@ impl Churn {
 
     fn cycle(&mut self, vm: &Vm<KernelMemory>) -> Result<(), String> {
         use crate::mm::live;
-        let id = live::add_slot(&vm.slots, self.gpa, CHURN_BYTES, self.host, SlotFlags::empty())
-            .map_err(|e| alloc::format!("{e}"))?;
+        let id = live::add_slot(
+            &vm.slots,
+            self.gpa,
+            CHURN_BYTES,
+            self.host,
+            SlotFlags::empty(),
+        )
+        .map_err(|e| alloc::format!("{e}"))?;
         live::delete_slot(&vm.slots, &vm.ept, id, || vm.requests.flush_all_and_wait())
             .map_err(|e| alloc::format!("{e}"))?;
         self.cycles += 1;

@@ -391,3 +391,34 @@ fn exceptions_combine_into_double_and_triple_faults() {
         Err(Stop::Reset { .. })
     ));
 }
+
+/// A slot deleted while the VM runs (`mm::live`): its mapped pages are
+/// zapped, the vCPU's cached index into the old array is not trusted, and
+/// a later access to its gfns is contained, not mapped.
+#[test]
+fn a_deleted_slot_is_unmapped_and_its_gfns_are_contained() {
+    let (vm, _) = vm();
+    let mut v = vcpu(vm, 0, 0);
+    // Slot 1 ([2 MiB, 4 MiB), read-only): a read maps it and caches it.
+    resumes(ept_fault(&mut v, 0x30_0000, READ));
+    assert!(vm.ept.translate(0x30_0000).is_some());
+    let id = vm
+        .slots
+        .active_for_tests()
+        .iter()
+        .find(|s| s.base_gfn() == 0x200)
+        .unwrap()
+        .id();
+    let generation = vm.slots.generation();
+    let mut flushed = false;
+    crate::mm::live::delete_slot(&vm.slots, &vm.ept, id, || flushed = true).unwrap();
+    assert!(flushed, "guest-physical mappings flushed after the zap");
+    assert_eq!(vm.slots.generation(), generation + 1);
+    assert!(vm.ept.translate(0x30_0000).is_none(), "zapped");
+    match ept_fault(&mut v, 0x30_1000, READ) {
+        Err(Stop::Contained { what, .. }) => assert_eq!(what, "access to memory no memslot backs"),
+        other => panic!("{other:?}"),
+    }
+    // Slot 0 still resolves through the same (now stale) cache.
+    resumes(ept_fault(&mut v, 0x1000, WRITE));
+}

@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::devices::BusDevice;
-use crate::mm::guest_mem::GuestMem;
 use std::sync::Arc;
 use std::vec;
 
@@ -378,9 +377,7 @@ fn string_io_moves_elements_through_the_guests_page_tables() {
     resumes(dispatch(&mut v, ExitReason::IoInstruction));
     assert_eq!((v.regs.rdi, v.regs.rcx), (0x3ffe, 0));
     let mut b = [0u8; 4];
-    vm.guest_mem()
-        .read(0x4000, &mut b)
-        .unwrap();
+    vm.guest_mem().read(0x4000, &mut b).unwrap();
     assert_eq!(b, [b'!', 0, b'!', 0]);
 
     // An element on a page the guest did not map: #PF, registers as far
