@@ -165,6 +165,10 @@ pub struct Lapic {
     /// Expirations already delivered since `timer_base_ns` (periodic), or
     /// whether the one-shot fired (1).
     timer_fired: u64,
+    /// Level-triggered vectors EOI'd through the EOI register since the
+    /// last [`Lapic::take_level_eoi`]: the EOI messages to broadcast to the
+    /// I/O APIC (SDM 11.8.5).
+    level_eois: [u32; 8],
 }
 
 impl core::fmt::Debug for Lapic {
@@ -203,7 +207,17 @@ impl Lapic {
             timer_base_ns: 0,
             timer_base_count: 0,
             timer_fired: 0,
+            level_eois: [0; 8],
         }
+    }
+
+    /// LINT0 as firmware leaves it on the bootstrap processor: ExtINT,
+    /// unmasked ("virtual wire" mode, MP specification 3.6.2.2), so that the
+    /// 8259A's INTR reaches the CPU. QEMU's APIC reset does the same for
+    /// CPU 0 (the one exception to the masked-while-disabled rule, until the
+    /// guest writes SVR).
+    pub fn set_virtual_wire_lint0(&mut self) {
+        self.lvt[Lvt::Lint0 as usize] = 0x700;
     }
 
     /// Back to the power-up state, keeping the APIC ID (INIT and a global
@@ -231,6 +245,30 @@ impl Lapic {
     /// Whether SVR bit 8 is set.
     pub fn software_enabled(&self) -> bool {
         self.svr & SVR_ENABLE != 0
+    }
+
+    /// The logical destination register (the logical APIC ID is bits
+    /// 31:24).
+    pub fn ldr(&self) -> u32 {
+        self.ldr
+    }
+
+    /// The destination format register (model in bits 31:28: 0xF flat,
+    /// 0x0 cluster).
+    pub fn dfr(&self) -> u32 {
+        self.dfr
+    }
+
+    /// The spurious-interrupt vector register.
+    pub fn svr(&self) -> u32 {
+        self.svr
+    }
+
+    /// Whether `vector` is requested (IRR) or in service (ISR): what makes
+    /// this APIC the focus processor of a lowest-priority interrupt
+    /// (SDM 11.6.2.4).
+    pub fn has_vector(&self, vector: u8) -> bool {
+        Self::bit(&self.irr, vector) || Self::bit(&self.isr, vector)
     }
 
     /// An LVT entry.
@@ -323,6 +361,14 @@ impl Lapic {
         let v = Self::highest(&self.isr)?;
         Self::set_bit(&mut self.isr, v, false);
         Some((v, Self::bit(&self.tmr, v)))
+    }
+
+    /// The next level-triggered vector the guest EOI'd (through the EOI
+    /// register) that is still to be broadcast to the I/O APIC, taken once.
+    pub fn take_level_eoi(&mut self) -> Option<u8> {
+        let v = Self::highest(&self.level_eois)?;
+        Self::set_bit(&mut self.level_eois, v, false);
+        Some(v)
     }
 
     /// The IPI the guest last sent through the ICR, taken once.
@@ -465,7 +511,9 @@ impl Lapic {
             reg::ID => self.id = v & 0xFF00_0000,
             reg::TPR => self.tpr = v & 0xFF,
             reg::EOI => {
-                self.eoi();
+                if let Some((v, true)) = self.eoi() {
+                    Self::set_bit(&mut self.level_eois, v, true);
+                }
             }
             reg::LDR => self.ldr = v & 0xFF00_0000,
             reg::DFR => self.dfr = v | 0x0FFF_FFFF,
@@ -819,6 +867,30 @@ mod tests {
         wr(&mut l, reg::TPR, 0x40);
         l.accept_irq(0x45, false);
         assert_eq!(l.highest_pending(), None, "same class as TPR is blocked");
+    }
+
+    #[test]
+    fn eoi_register_queues_level_vectors_for_the_broadcast() {
+        let (mut l, _) = lapic();
+        enable(&mut l);
+        l.accept_irq(0x41, true);
+        l.accept_irq(0x51, false);
+        l.ack(0x51);
+        wr(&mut l, reg::EOI, 0);
+        assert_eq!(l.take_level_eoi(), None, "edge: nothing to broadcast");
+        l.ack(0x41);
+        wr(&mut l, reg::EOI, 0);
+        assert_eq!(l.take_level_eoi(), Some(0x41));
+        assert_eq!(l.take_level_eoi(), None, "taken once");
+    }
+
+    #[test]
+    fn virtual_wire_lint0_survives_until_svr_is_written() {
+        let (mut l, _) = lapic();
+        l.set_virtual_wire_lint0();
+        assert_eq!(rd(&mut l, reg::LVT_LINT0), 0x700);
+        wr(&mut l, reg::SVR, 0xFF);
+        assert_eq!(rd(&mut l, reg::LVT_LINT0), 0x0001_0700);
     }
 
     #[test]
