@@ -24,10 +24,12 @@
 //!
 //! The timer (11.5.4) counts down at 1 GHz / divider from the VM's
 //! [`Clock`] (the bus frequency QEMU and KVM give their APICs), one-shot or
-//! periodic; TSC-deadline mode is not offered. Interrupt delivery to the
-//! vCPU is the next issue's work; the pieces it needs are here and tested:
-//! [`Lapic::accept_irq`], [`Lapic::highest_pending`], [`Lapic::ack`],
-//! [`Lapic::eoi`], [`Lapic::poll_timer`], [`Lapic::take_ipi`].
+//! periodic; TSC-deadline mode is not offered. An error (ESR) requests the
+//! error LVT's interrupt when it is unmasked. Delivery between APICs and
+//! devices is `machine::irq`'s: it uses [`Lapic::accept_irq`],
+//! [`Lapic::highest_pending`], [`Lapic::ack`], [`Lapic::take_level_eoi`]
+//! (the EOI register's level-triggered vectors, for the I/O APIC),
+//! [`Lapic::poll_timer`] and [`Lapic::take_ipi`].
 
 use super::Clock;
 use alloc::sync::Arc;
@@ -324,9 +326,16 @@ impl Lapic {
         }
     }
 
-    /// Records an error; the error LVT's interrupt comes with delivery.
+    /// Records an error and, if the error LVT is unmasked, requests its
+    /// interrupt (SDM 11.5.3). An illegal error vector (below 16) requests
+    /// nothing rather than recurse into another error.
     fn error(&mut self, bits: u32) {
         self.esr_pending |= bits;
+        let lvt = self.lvt[Lvt::Error as usize];
+        if lvt & LVT_MASKED == 0 && lvt as u8 >= 16 {
+            Self::set_bit(&mut self.irr, lvt as u8, true);
+            Self::set_bit(&mut self.tmr, lvt as u8, false);
+        }
     }
 
     /// Accepts a fixed interrupt `vector` into the IRR (and TMR for a
@@ -813,6 +822,28 @@ mod tests {
         l.accept_irq(3, false);
         wr(&mut l, reg::ESR, 0);
         assert_eq!(rd(&mut l, reg::ESR), esr::RECEIVE_ILLEGAL_VECTOR);
+    }
+
+    #[test]
+    fn errors_raise_the_error_lvt_interrupt() {
+        let (mut l, _) = lapic();
+        enable(&mut l);
+        l.accept_irq(3, false);
+        assert_eq!(l.highest_pending(), None, "error LVT masked");
+        wr(&mut l, reg::LVT_ERROR, 0xFE);
+        l.accept_irq(3, false);
+        assert_eq!(l.highest_pending(), Some(0xFE));
+        l.ack(0xFE);
+        l.eoi();
+        // An illegal error vector: the error is recorded, nothing requested.
+        wr(&mut l, reg::LVT_ERROR, 0x05);
+        wr(&mut l, reg::ICR_LOW, 0x0000_4001);
+        assert_eq!(l.highest_pending(), None);
+        wr(&mut l, reg::ESR, 0);
+        assert_eq!(
+            rd(&mut l, reg::ESR),
+            esr::RECEIVE_ILLEGAL_VECTOR | esr::SEND_ILLEGAL_VECTOR
+        );
     }
 
     #[test]

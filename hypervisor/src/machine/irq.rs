@@ -374,6 +374,8 @@ pub struct ApicView {
     pub has_vector: bool,
     pub apr: u32,
     pub waiting_for_sipi: bool,
+    /// IA32_APIC_BASE.EN set: the APIC receives messages at all.
+    pub on_bus: bool,
 }
 
 impl ApicView {
@@ -391,7 +393,7 @@ impl ApicView {
 
     /// Whether it takes fixed and lowest-priority interrupts.
     fn takes_fixed(&self) -> bool {
-        self.enabled && !self.waiting_for_sipi
+        self.on_bus && self.enabled && !self.waiting_for_sipi
     }
 }
 
@@ -549,6 +551,17 @@ impl Router {
         }))
     }
 
+    /// An [`IrqLine`] for I/O APIC pin `pin` alone (the PCI lines, 16-23).
+    pub fn gsi_line(self: &Arc<Self>, pin: usize) -> Result<Arc<dyn IrqLine>, IrqError> {
+        if pin >= ioapic::PINS {
+            return Err(IrqError::NoSuchPin(pin));
+        }
+        Ok(Arc::new(GsiLine {
+            router: self.clone(),
+            pin,
+        }))
+    }
+
     // ---- devices ----
 
     /// ISA IRQ `irq` is driven to `level`: the 8259A's IRQ `irq` and the
@@ -584,6 +597,17 @@ impl Router {
         }
         let msg = self.ioapic.lock().set_irq(pin, level);
         Ok(msg.map(|m| self.deliver_ioapic(m)).unwrap_or_default())
+    }
+
+    /// After a guest's access to the 8259A's ports (an IMR write that
+    /// unmasks a request, an EOI that uncovers one): the vCPUs to kick if
+    /// its INTR is now asserted.
+    pub fn after_pic_access(&self) -> KickSet {
+        if self.pic.lock().intr() {
+            self.pic_takers()
+        } else {
+            KickSet::default()
+        }
     }
 
     /// The vCPUs that would take the 8259A's INTR now.
@@ -633,20 +657,23 @@ impl Router {
                 has_vector: l.has_vector(vector),
                 apr: l.apr(),
                 waiting_for_sipi: false,
+                on_bus: true,
             }
         };
         let c = self.cpu(v);
         ApicView {
             waiting_for_sipi: c.waiting_for_sipi,
-            enabled: view.enabled && !c.apic_off,
+            on_bus: !c.apic_off,
             ..view
         }
     }
 
     /// The APICs a message reaches (before the delivery mode's own rules).
+    /// A globally disabled APIC is off the bus: it receives nothing, INIT
+    /// and SIPI included (SDM 11.4.3).
     fn targets(&self, msg: &Message) -> Vec<ApicView> {
         let all = 0..self.vcpus();
-        let views = all.map(|v| self.view(v, msg.vector));
+        let views = all.map(|v| self.view(v, msg.vector)).filter(|t| t.on_bus);
         match msg.shorthand {
             Shorthand::None => views.filter(|t| t.matches(msg.dest)).collect(),
             Shorthand::ToSelf => views.filter(|t| Some(t.vcpu) == msg.source).collect(),
@@ -914,6 +941,21 @@ impl IrqLine for IsaIrqLine {
     fn set_level(&self, high: bool) {
         // The line was checked when it was made.
         if let Ok(kicks) = self.router.set_isa_irq(self.irq, high) {
+            self.router.notify(kicks);
+        }
+    }
+}
+
+/// I/O APIC pin `pin` as a device sees it ([`Router::gsi_line`]).
+pub struct GsiLine {
+    router: Arc<Router>,
+    pin: usize,
+}
+
+impl IrqLine for GsiLine {
+    fn set_level(&self, high: bool) {
+        // The pin was checked when the line was made.
+        if let Ok(kicks) = self.router.set_gsi(self.pin, high) {
             self.router.notify(kicks);
         }
     }

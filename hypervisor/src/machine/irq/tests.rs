@@ -269,6 +269,7 @@ fn lowest_priority_goes_to_the_lowest_apr_then_the_lowest_vcpu() {
         has_vector: false,
         apr,
         waiting_for_sipi: false,
+        on_bus: true,
     };
     assert_eq!(
         lowest_priority(&[
@@ -460,8 +461,41 @@ fn a_globally_disabled_apic_makes_lint0_the_intr_pin() {
     assert_eq!(m.r.acknowledge(0), None);
     let w = m.ipi(1, 0, FIXED | 0x51);
     assert!(w.kicks.is_empty(), "an APIC that is off takes no IPIs");
+    let w = m.ipi(1, 0, INIT_ASSERT | ALL_BUT_SELF);
+    assert!(w.kicks.is_empty(), "nor INIT");
+    assert_eq!(m.r.take_cpu_event(0), None);
     m.r.set_apic_enabled(0, true);
     assert_eq!(m.r.acknowledge(0), Some(0x50));
+}
+
+#[test]
+fn pic_port_accesses_that_raise_intr_kick_its_taker() {
+    let m = machine(2, Start::AllRunning);
+    m.init_pic();
+    m.p.pio.write(0x21, &[0xFF]);
+    assert!(m.r.set_isa_irq(3, true).unwrap().is_empty(), "masked");
+    assert!(m.r.after_pic_access().is_empty());
+    m.p.pio.write(0x21, &[0x00]);
+    assert_eq!(m.kicks(m.r.after_pic_access()), [0]);
+    assert_eq!(m.r.acknowledge(0), Some(0x23));
+}
+
+#[test]
+fn a_gsi_line_drives_its_pin_only() {
+    let m = machine(2, Start::AllRunning);
+    m.enable_all();
+    m.init_pic();
+    assert_eq!(m.r.gsi_line(24).err(), Some(IrqError::NoSuchPin(24)));
+    assert!(m.r.isa_line(2).is_err());
+    // PCI INTA# style: level, active low; the line idles high.
+    let line = m.r.gsi_line(16).unwrap();
+    line.set_level(true);
+    m.ioapic_entry(16, (1 << 56) | (1 << 15) | (1 << 13) | 0x66);
+    assert!(!m.irr(1, 0x66));
+    line.set_level(false);
+    assert!(m.irr(1, 0x66));
+    assert_eq!(m.kicks(m.r.take_deferred_kicks()), [1]);
+    assert_eq!(m.p.pic.lock().irr(), 0, "not an ISA line");
 }
 
 #[test]
