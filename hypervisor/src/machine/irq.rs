@@ -48,7 +48,11 @@
 //! - Start-up: taken only by a vCPU in wait-for-SIPI, which starts in real
 //!   mode at vector × 4096; ignored by a running vCPU (a second SIPI).
 //! - ExtINT: the vCPU takes its vector from the 8259A's INTA cycle at
-//!   injection time ([`Router::acknowledge`]).
+//!   injection time ([`Router::acknowledge`]). The 8259A's INTR reaches a
+//!   vCPU whose LINT0 is unmasked ExtINT (the BSP's is, from reset, as
+//!   firmware and QEMU leave it), whose APIC is globally disabled, or that
+//!   got an ExtINT message; and only once software has initialized the
+//!   8259A (before ICW2 its vectors would be 0-7, the exceptions').
 //! - SMI is refused (there is no SMM), as are the reserved delivery modes.
 //! - The ICR's delivery status reads idle: the model sends at once
 //!   (`devices::lapic`).
@@ -407,6 +411,12 @@ pub fn lowest_priority(targets: &[ApicView]) -> Option<u32> {
     eligible().min_by_key(|t| (t.apr, t.vcpu)).map(|t| t.vcpu)
 }
 
+/// The 8259A's INTR, once software has initialized it
+/// ([`Pic::initialized`]).
+fn pic_intr(pic: &Pic) -> bool {
+    pic.initialized() && pic.intr()
+}
+
 /// Whether LINT0 passes the 8259A's INTR: unmasked ExtINT (virtual wire).
 fn lint0_extint(l: &Lapic) -> bool {
     let lvt = l.lvt(Lvt::Lint0);
@@ -571,7 +581,7 @@ impl Router {
         let intr = {
             let mut pic = self.pic.lock();
             pic.set_irq(irq, level);
-            pic.intr()
+            pic_intr(&pic)
         };
         let mut kicks = if intr {
             self.pic_takers()
@@ -603,7 +613,7 @@ impl Router {
     /// unmasks a request, an EOI that uncovers one): the vCPUs to kick if
     /// its INTR is now asserted.
     pub fn after_pic_access(&self) -> KickSet {
-        if self.pic.lock().intr() {
+        if pic_intr(&self.pic.lock()) {
             self.pic_takers()
         } else {
             KickSet::default()
@@ -810,7 +820,7 @@ impl Router {
             return Pending::default();
         }
         let apic = !c.apic_off && self.lapics[v as usize].lock().highest_pending().is_some();
-        let pic = self.takes_pic(v, &c) && self.pic.lock().intr();
+        let pic = self.takes_pic(v, &c) && pic_intr(&self.pic.lock());
         Pending {
             nmi: c.nmi,
             interrupt: apic || pic,
@@ -837,7 +847,7 @@ impl Router {
         if self.takes_pic(v, &c) {
             let vector = {
                 let mut pic = self.pic.lock();
-                pic.intr().then(|| pic.acknowledge())
+                pic_intr(&pic).then(|| pic.acknowledge())
             };
             self.cpus[v as usize].lock().extint = false;
             if vector.is_some() {

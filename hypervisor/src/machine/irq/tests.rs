@@ -469,6 +469,21 @@ fn a_globally_disabled_apic_makes_lint0_the_intr_pin() {
 }
 
 #[test]
+fn an_uninitialized_pic_interrupts_nobody() {
+    let m = machine(1, Start::AllRunning);
+    assert!(m.r.pulse_isa_irq(4).unwrap().is_empty());
+    assert!(!m.r.pending_for(0).interrupt);
+    assert_eq!(m.r.acknowledge(0), None);
+    // Initialized, the latched request comes through.
+    for (port, b) in [(0x20, 0x11), (0x21, 0x08), (0x21, 0x04), (0x21, 0x01)] {
+        m.p.pio.write(port, &[b]);
+    }
+    m.r.pulse_isa_irq(4).unwrap();
+    assert!(m.r.pending_for(0).interrupt);
+    assert_eq!(m.r.acknowledge(0), Some(0x0C));
+}
+
+#[test]
 fn pic_port_accesses_that_raise_intr_kick_its_taker() {
     let m = machine(2, Start::AllRunning);
     m.init_pic();
