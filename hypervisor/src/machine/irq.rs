@@ -26,8 +26,9 @@
 //!
 //! Rules (Intel SDM Vol. 3A chapter 11; 82093AA and 8259A datasheets):
 //! - Physical destination: APIC ID equal, 0xFF is a broadcast. Logical: the
-//!   receiving APIC's DFR model decides; flat (0xF): LDR[31:24] & MDA != 0;
-//!   cluster (0x0): MDA[7:4] == LDR[31:28] and MDA[3:0] & LDR[27:24] != 0.
+//!   receiving APIC's DFR model decides; flat (0xF): LDR bits 31:24 & MDA != 0;
+//!   cluster (0x0): MDA bits 7:4 equal LDR bits 31:28, and MDA bits 3:0 &
+//!   LDR bits 27:24 != 0.
 //!   A logical MDA of 0xFF is a broadcast to every APIC (SDM 11.6.2.2 "setting
 //!   all destination bits to one"; KVM does the same).
 //! - Shorthands (ICR bits 19:18): self (fixed only), all including self, all
@@ -56,6 +57,24 @@
 //! - SMI is refused (there is no SMM), as are the reserved delivery modes.
 //! - The ICR's delivery status reads idle: the model sends at once
 //!   (`devices::lapic`).
+//!
+//! # From the run loop
+//! - Make it with [`Router::for_platform`] before the VM takes the
+//!   platform's fields apart ([`Start::BspOnly`] for kernel runs,
+//!   [`Start::AllRunning`] for the native-ABI guests), and give it the kick
+//!   function ([`Router::set_kicker`]).
+//! - After a guest write to its APIC page: [`Router::after_lapic_write`]
+//!   (ICR → IPIs, EOI → I/O APIC); after an access to the 8259A's ports:
+//!   [`Router::after_pic_access`]; after a WRMSR to IA32_APIC_BASE:
+//!   [`Router::set_apic_enabled`]. Kick what they return (a vCPU need not
+//!   kick itself: [`KickSet::without`]).
+//! - Before each VM entry: [`Router::take_cpu_event`] (INIT, SIPI),
+//!   [`Router::poll_timers`], then `vcpu::inject::decide` on
+//!   [`Router::pending_for`]; inject an NMI after [`Router::take_nmi`], an
+//!   interrupt with the vector [`Router::acknowledge`] returns (None: it
+//!   went away, inject nothing).
+//! - HLT: sleep until [`Router::has_work`] or [`Router::next_deadline_ns`]
+//!   (or a kick); wait-for-SIPI: until [`Router::take_cpu_event`] has one.
 //!
 //! # Locking
 //! Devices sit behind `spin::Mutex`; the per-vCPU records too. The order,
