@@ -69,7 +69,7 @@
 //!   [`Router::set_apic_enabled`]. Kick what they return (a vCPU need not
 //!   kick itself: [`KickSet::without`]).
 //! - Before each VM entry: [`Router::take_cpu_event`] (INIT, SIPI),
-//!   [`Router::poll_timers`], then `vcpu::inject::decide` on
+//!   [`Router::poll_timers_for`] (or [`Router::poll_timers`]), then `vcpu::inject::decide` on
 //!   [`Router::pending_for`]; inject an NMI after [`Router::take_nmi`], an
 //!   interrupt with the vector [`Router::acknowledge`] returns (None: it
 //!   went away, inject nothing).
@@ -321,6 +321,13 @@ impl KickSet {
     /// The vCPU indices, ascending.
     pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         (0..256u32).filter(|&v| self.contains(v))
+    }
+}
+
+impl core::ops::BitOr for KickSet {
+    type Output = KickSet;
+    fn bitor(self, rhs: KickSet) -> KickSet {
+        self.union(rhs)
     }
 }
 
@@ -921,18 +928,43 @@ impl Router {
     pub fn poll_timers(&self) -> KickSet {
         let mut kicks = KickSet::default();
         for v in 0..self.vcpus() {
-            let fired = {
-                let mut l = self.lapics[v as usize].lock();
-                l.poll_timer() && l.lvt(Lvt::Timer) & LVT_MASKED == 0
-            };
-            if fired {
-                kicks.insert(v);
-            }
+            kicks |= self.poll_lapic_timer(v);
         }
-        if self.pit.lock().take_irq0_edges() > 0 {
-            kicks |= self.pulse_isa_irq(0).unwrap_or_default();
+        kicks | self.poll_pit()
+    }
+
+    /// [`Router::poll_timers`] for vCPU `v`'s own timers only: its local
+    /// APIC's, and for the BSP the PIT (the timers
+    /// [`Router::next_deadline_ns`] wakes `v` for). Each vCPU polling its
+    /// own touches no other vCPU's APIC.
+    pub fn poll_timers_for(&self, v: u32) -> KickSet {
+        let kicks = self.poll_lapic_timer(v);
+        if v == BSP {
+            kicks | self.poll_pit()
+        } else {
+            kicks
+        }
+    }
+
+    fn poll_lapic_timer(&self, v: u32) -> KickSet {
+        let mut kicks = KickSet::default();
+        let fired = {
+            let mut l = self.lapics[v as usize].lock();
+            l.poll_timer() && l.lvt(Lvt::Timer) & LVT_MASKED == 0
+        };
+        if fired {
+            kicks.insert(v);
         }
         kicks
+    }
+
+    fn poll_pit(&self) -> KickSet {
+        if self.pit.lock().take_irq0_edges() > 0 {
+            // IRQ 0 is a valid ISA line.
+            self.pulse_isa_irq(0).unwrap_or_default()
+        } else {
+            KickSet::default()
+        }
     }
 
     /// When vCPU `v` must next wake (clock nanoseconds) for a timer: its

@@ -623,6 +623,13 @@ fn lapic_timer_deadline_and_delivery() {
     assert_eq!(m.r.acknowledge(1), Some(0xE0));
     assert!(m.r.poll_timers().is_empty(), "one-shot");
     assert_eq!(m.r.next_deadline_ns(1), None);
+    // Each vCPU can poll its own: vCPU 0's poll does not see vCPU 1's.
+    m.wr(1, reg::EOI, 0);
+    m.wr(1, reg::TIMER_INITIAL, 100);
+    m.clock.advance(100);
+    assert!(m.r.poll_timers_for(0).is_empty());
+    assert_eq!(m.kicks(m.r.poll_timers_for(1)), [1]);
+    assert_eq!(m.r.acknowledge(1), Some(0xE0));
     // Masked: it expires but kicks nobody.
     m.wr(1, reg::LVT_TIMER, LVT_MASKED | 0xE0);
     m.wr(1, reg::TIMER_INITIAL, 10);
@@ -660,13 +667,21 @@ fn pit_irq0_reaches_the_pic_and_ioapic_pin_2_with_its_deadline() {
     assert_eq!(m.kicks(k), [0, 1], "BSP by LINT0 (PIC), vCPU 1 by pin 2");
     assert_eq!(m.r.acknowledge(0), Some(0x20));
     assert_eq!(m.r.acknowledge(1), Some(0x30));
+    // Only the BSP's own poll takes the PIT's edges.
+    m.p.pio.write(0x20, &[0x20]);
+    m.clock.set(deadline + 1_000_000);
+    assert!(m.r.poll_timers_for(1).is_empty());
+    assert_eq!(m.kicks(m.r.poll_timers_for(0)), [0, 1]);
+    assert_eq!(m.r.acknowledge(0), Some(0x20));
+    m.wr(1, reg::EOI, 0);
+    assert_eq!(m.r.acknowledge(1), Some(0x30));
     // Three periods missed: one edge (an edge input latches one).
     m.p.pio.write(0x20, &[0x20]);
-    m.clock.set(deadline + 3 * 1_000_000);
+    m.clock.set(deadline + 4 * 1_000_000);
     m.r.poll_timers();
     assert_eq!(m.r.acknowledge(0), Some(0x20));
     assert_eq!(m.r.acknowledge(0), None);
-    assert!(m.r.next_deadline_ns(0).unwrap() > deadline + 3 * 1_000_000);
+    assert!(m.r.next_deadline_ns(0).unwrap() > deadline + 4 * 1_000_000);
 }
 
 #[test]
