@@ -55,6 +55,9 @@
 //!   got an ExtINT message; and only once software has initialized the
 //!   8259A (before ICW2 its vectors would be 0-7, the exceptions').
 //! - SMI is refused (there is no SMM), as are the reserved delivery modes.
+//! - An I/O APIC level message that no APIC accepted leaves Remote IRR
+//!   clear (82093AA 3.2.4: set when accepted), so the pin fires again on
+//!   its next change rather than never.
 //! - The ICR's delivery status reads idle: the model sends at once
 //!   (`devices::lapic`).
 //!
@@ -85,7 +88,10 @@
 //! The I/O APIC's register writes deliver from inside its lock (its message
 //! sink), which the order allows. Call the router with no device lock held
 //! (in particular not with the vCPU's own APIC locked: the MMIO exit
-//! releases it before [`Router::after_lapic_write`]).
+//! releases it before [`Router::after_lapic_write`]), and never from a
+//! host interrupt handler (it could interrupt a holder of these locks on
+//! its own core). The kick function runs with device locks held: it must
+//! only send the host IPI.
 #![forbid(unsafe_code)]
 
 use crate::devices::ioapic::{self, Ioapic, IrqMessage};
@@ -506,12 +512,19 @@ impl Router {
             .collect();
         let router = Arc::new_cyclic(|weak: &Weak<Router>| {
             let weak = weak.clone();
-            parts.ioapic.lock().set_sink(Box::new(move |m: IrqMessage| {
-                if let Some(r) = weak.upgrade() {
-                    let kicks = r.deliver_ioapic(m);
-                    r.notify(kicks);
-                }
-            }));
+            parts
+                .ioapic
+                .lock()
+                .set_sink(Box::new(move |m: IrqMessage| match weak.upgrade() {
+                    Some(r) => {
+                        let kicks = r.deliver_ioapic(m);
+                        // Every kick is an APIC that accepted it.
+                        let accepted = !kicks.is_empty();
+                        r.notify(kicks);
+                        accepted
+                    }
+                    None => true,
+                }));
             Router {
                 lapics: parts.lapics,
                 pic: parts.pic,
@@ -632,7 +645,17 @@ impl Router {
             return Err(IrqError::NoSuchPin(pin));
         }
         let msg = self.ioapic.lock().set_irq(pin, level);
-        Ok(msg.map(|m| self.deliver_ioapic(m)).unwrap_or_default())
+        Ok(msg.map(|m| self.deliver_from_pin(m)).unwrap_or_default())
+    }
+
+    /// Delivers a message a pin sent outside the I/O APIC's lock; if no APIC
+    /// accepted it (every kick is an acceptance), its Remote IRR clears.
+    fn deliver_from_pin(&self, m: IrqMessage) -> KickSet {
+        let kicks = self.deliver_ioapic(m);
+        if kicks.is_empty() {
+            self.ioapic.lock().not_accepted(usize::from(m.pin));
+        }
+        kicks
     }
 
     /// After a guest's access to the 8259A's ports (an IMR write that
@@ -834,7 +857,7 @@ impl Router {
         let again: Vec<IrqMessage> = self.ioapic.lock().eoi(vector).collect();
         let mut kicks = KickSet::default();
         for m in again {
-            kicks |= self.deliver_ioapic(m);
+            kicks |= self.deliver_from_pin(m);
         }
         kicks
     }

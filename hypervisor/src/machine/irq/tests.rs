@@ -575,6 +575,36 @@ fn level_eoi_is_broadcast_and_remote_irr_redelivers() {
 }
 
 #[test]
+fn a_level_message_nobody_accepts_leaves_remote_irr_clear() {
+    let m = machine(2, Start::AllRunning);
+    m.enable_all();
+    const LEVEL: u64 = 1 << 15;
+    const REMOTE_IRR: u64 = 1 << 14;
+    // To APIC ID 7: there is none.
+    m.ioapic_entry(10, (7 << 56) | LEVEL | 0x5A);
+    assert!(m.r.set_gsi(10, true).unwrap().is_empty());
+    assert_eq!(m.p.ioapic.lock().entry(10) & REMOTE_IRR, 0);
+    // The guest fixes the destination: the asserted pin fires at once
+    // (through the sink, under the I/O APIC's lock).
+    m.ioapic_entry(10, (1 << 56) | LEVEL | 0x5A);
+    assert!(m.irr(1, 0x5A));
+    assert_ne!(m.p.ioapic.lock().entry(10) & REMOTE_IRR, 0);
+    // A software-disabled target does not accept either, on the EOI path.
+    assert_eq!(m.r.acknowledge(1), Some(0x5A));
+    m.wr(1, reg::EOI, 0);
+    m.wr(1, reg::SVR, 0xFF);
+    assert!(m.r.after_lapic_write(1).kicks.is_empty());
+    assert_eq!(m.p.ioapic.lock().entry(10) & REMOTE_IRR, 0);
+    assert!(!m.irr(1, 0x5A));
+    // Nor on the sink path (the I/O APIC's EOI register).
+    m.p.mmio.write(ioapic::BASE + 0x40, &0x5Au32.to_le_bytes());
+    assert_eq!(m.p.ioapic.lock().entry(10) & REMOTE_IRR, 0);
+    // Enabled again, the next change of the line delivers.
+    m.wr(1, reg::SVR, 0x1FF);
+    assert_eq!(m.kicks(m.r.set_gsi(10, true).unwrap()), [1]);
+}
+
+#[test]
 fn ioapic_register_writes_deliver_through_the_router() {
     static KICKED: AtomicU64 = AtomicU64::new(0);
     fn kick(v: u32) {
