@@ -872,3 +872,58 @@ fn concurrent_delivery_does_not_deadlock() {
         assert_eq!(m.r.acknowledge(v), Some(0x70));
     }
 }
+
+/// The sequence an SMP kernel (Linux's `wakeup_secondary_cpu_via_init`,
+/// the MP specification's B.4) runs on QEMU's PC, with the run loop's side
+/// played by hand.
+#[test]
+fn an_smp_bring_up_as_a_kernel_does_it() {
+    let m = machine(4, Start::BspOnly);
+    m.wr(0, reg::SVR, 0x1FF);
+    m.wr(0, reg::LDR, 1 << 24);
+    for ap in 1..4u32 {
+        assert_eq!(m.r.run_state(ap), RunState::WaitForSipi);
+        assert!(m.ipi(0, ap << 24, INIT_ASSERT).ipi_error.is_none());
+        assert!(m.ipi(0, ap << 24, INIT_DEASSERT).kicks.is_empty());
+        let first = m.ipi(0, ap << 24, SIPI | 0x08);
+        assert_eq!(m.kicks(first.kicks), [ap]);
+        assert!(m.ipi(0, ap << 24, SIPI | 0x08).kicks.is_empty());
+        // The AP's run loop.
+        assert_eq!(
+            m.r.take_cpu_event(ap),
+            Some(CpuEvent::Init {
+                wait_for_sipi: true
+            })
+        );
+        assert_eq!(
+            m.r.take_cpu_event(ap),
+            Some(CpuEvent::Startup { vector: 0x08 })
+        );
+        assert_eq!(m.r.take_cpu_event(ap), None);
+        // The AP's trampoline and APIC set-up.
+        m.wr(ap, reg::SVR, 0x1FF);
+        m.wr(ap, reg::LDR, (1 << ap) << 24);
+    }
+    // A lowest-priority, logical I/O APIC route to all four.
+    m.ioapic_entry(4, (0x0F << 56) | LOGICAL as u64 | 0x100 | 0x34);
+    m.r.pulse_isa_irq(4).unwrap();
+    assert_eq!(m.who_has(0x34), [0]);
+    assert_eq!(m.r.acknowledge(0), Some(0x34));
+    // The BSP is busy with it (APR 0x30): the next goes elsewhere.
+    m.r.pulse_isa_irq(4).unwrap();
+    assert_eq!(m.who_has(0x34), [0], "focus: 0x34 is in service on vCPU 0");
+    m.wr(0, reg::EOI, 0);
+    m.wr(0, reg::TPR, 0x80);
+    m.wr(0, reg::SVR, 0x3FF); // focus checking off
+    m.r.pulse_isa_irq(4).unwrap();
+    assert_eq!(m.who_has(0x34), [0, 1], "the lowest APR: vCPU 0's is 0x80");
+    // Reschedule IPIs and an NMI (a backtrace request).
+    let w = m.ipi(2, 0, FIXED | ALL_BUT_SELF | 0xFD);
+    assert_eq!(m.kicks(w.kicks), [0, 1, 3]);
+    let w = m.ipi(3, 1 << 24, NMI | LOGICAL);
+    assert_eq!(m.kicks(w.kicks), [0]);
+    assert!(m.r.take_nmi(0));
+    for v in [1, 3] {
+        assert_eq!(m.r.acknowledge(v), Some(0xFD));
+    }
+}
