@@ -50,10 +50,13 @@ pub struct IrqMessage {
     pub logical: bool,
     pub dest: u8,
     pub level: bool,
+    /// The pin that sent it.
+    pub pin: u8,
 }
 
-/// Where messages from register writes go (the VM's interrupt router).
-pub type MessageSink = alloc::boxed::Box<dyn FnMut(IrqMessage) + Send>;
+/// Where messages from register writes go (the VM's interrupt router). It
+/// returns whether a local APIC accepted the message ([`Ioapic::not_accepted`]).
+pub type MessageSink = alloc::boxed::Box<dyn FnMut(IrqMessage) -> bool + Send>;
 
 pub struct Ioapic {
     sink: Option<MessageSink>,
@@ -105,6 +108,20 @@ impl Ioapic {
             logical: e & DEST_LOGICAL != 0,
             dest: (e >> DEST_SHIFT) as u8,
             level: e & LEVEL != 0,
+            pin: pin as u8,
+        }
+    }
+
+    /// No local APIC accepted the message `pin` sent: a level-triggered
+    /// pin's Remote IRR, set when it was sent, clears again (datasheet
+    /// 3.2.4: Remote IRR is set when a local APIC accepts the interrupt),
+    /// so that the pin can fire again on its next change instead of
+    /// waiting forever for an EOI.
+    pub fn not_accepted(&mut self, pin: usize) {
+        if let Some(e) = self.redir.get_mut(pin) {
+            if *e & LEVEL != 0 {
+                *e &= !REMOTE_IRR;
+            }
         }
     }
 
@@ -240,8 +257,13 @@ impl BusDevice for Ioapic {
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
         let out = self.mmio_write(offset, data);
-        if let Some(sink) = self.sink.as_mut() {
-            out.into_iter().for_each(sink);
+        if let Some(mut sink) = self.sink.take() {
+            for m in out {
+                if !sink(m) {
+                    self.not_accepted(usize::from(m.pin));
+                }
+            }
+            self.sink = Some(sink);
         }
     }
 }
@@ -290,7 +312,8 @@ mod tests {
                 delivery_mode: 0,
                 logical: false,
                 dest: 3,
-                level: false
+                level: false,
+                pin: 2,
             }
         );
         assert_eq!(io.set_irq(2, true), None, "no edge");
@@ -333,12 +356,26 @@ mod tests {
         let got = Arc::new(spin::Mutex::new(alloc::vec::Vec::new()));
         let mut io = Ioapic::new(0);
         let g = got.clone();
-        io.set_sink(alloc::boxed::Box::new(move |m| g.lock().push(m)));
+        io.set_sink(alloc::boxed::Box::new(move |m| {
+            g.lock().push(m);
+            m.vector != 0x61 // 0x61: nobody takes it
+        }));
         io.set_irq(10, true);
         io.write(IOREGSEL, &[0x24, 0, 0, 0]);
         io.write(IOWIN, &(0x60 | LEVEL as u32).to_le_bytes());
         assert_eq!(got.lock().len(), 1);
         assert_eq!(got.lock()[0].vector, 0x60);
+        assert_ne!(io.entry(10) & REMOTE_IRR, 0, "accepted");
+        // Not accepted: Remote IRR clears, the next change fires again.
+        io.write(IOWIN, &(0x61 | LEVEL as u32).to_le_bytes());
+        io.write(IOREGSEL, &[0x26, 0, 0, 0]);
+        io.set_irq(11, true);
+        io.write(IOWIN, &(0x61 | LEVEL as u32).to_le_bytes());
+        assert_eq!(got.lock().len(), 2);
+        assert_eq!(io.entry(11) & REMOTE_IRR, 0);
+        assert!(io.set_irq(11, true).is_some());
+        io.not_accepted(11);
+        io.not_accepted(99); // no such pin: nothing
     }
 
     #[test]

@@ -24,10 +24,12 @@
 //!
 //! The timer (11.5.4) counts down at 1 GHz / divider from the VM's
 //! [`Clock`] (the bus frequency QEMU and KVM give their APICs), one-shot or
-//! periodic; TSC-deadline mode is not offered. Interrupt delivery to the
-//! vCPU is the next issue's work; the pieces it needs are here and tested:
-//! [`Lapic::accept_irq`], [`Lapic::highest_pending`], [`Lapic::ack`],
-//! [`Lapic::eoi`], [`Lapic::poll_timer`], [`Lapic::take_ipi`].
+//! periodic; TSC-deadline mode is not offered. An error (ESR) requests the
+//! error LVT's interrupt when it is unmasked. Delivery between APICs and
+//! devices is `machine::irq`'s: it uses [`Lapic::accept_irq`],
+//! [`Lapic::highest_pending`], [`Lapic::ack`], [`Lapic::take_level_eoi`]
+//! (the EOI register's level-triggered vectors, for the I/O APIC),
+//! [`Lapic::poll_timer`] and [`Lapic::take_ipi`].
 
 use super::Clock;
 use alloc::sync::Arc;
@@ -165,6 +167,10 @@ pub struct Lapic {
     /// Expirations already delivered since `timer_base_ns` (periodic), or
     /// whether the one-shot fired (1).
     timer_fired: u64,
+    /// Level-triggered vectors EOI'd through the EOI register since the
+    /// last [`Lapic::take_level_eoi`]: the EOI messages to broadcast to the
+    /// I/O APIC (SDM 11.8.5).
+    level_eois: [u32; 8],
 }
 
 impl core::fmt::Debug for Lapic {
@@ -203,7 +209,17 @@ impl Lapic {
             timer_base_ns: 0,
             timer_base_count: 0,
             timer_fired: 0,
+            level_eois: [0; 8],
         }
+    }
+
+    /// LINT0 as firmware leaves it on the bootstrap processor: ExtINT,
+    /// unmasked ("virtual wire" mode, MP specification 3.6.2.2), so that the
+    /// 8259A's INTR reaches the CPU. QEMU's APIC reset does the same for
+    /// CPU 0 (the one exception to the masked-while-disabled rule, until the
+    /// guest writes SVR).
+    pub fn set_virtual_wire_lint0(&mut self) {
+        self.lvt[Lvt::Lint0 as usize] = 0x700;
     }
 
     /// Back to the power-up state, keeping the APIC ID (INIT and a global
@@ -231,6 +247,30 @@ impl Lapic {
     /// Whether SVR bit 8 is set.
     pub fn software_enabled(&self) -> bool {
         self.svr & SVR_ENABLE != 0
+    }
+
+    /// The logical destination register (the logical APIC ID is bits
+    /// 31:24).
+    pub fn ldr(&self) -> u32 {
+        self.ldr
+    }
+
+    /// The destination format register (model in bits 31:28: 0xF flat,
+    /// 0x0 cluster).
+    pub fn dfr(&self) -> u32 {
+        self.dfr
+    }
+
+    /// The spurious-interrupt vector register.
+    pub fn svr(&self) -> u32 {
+        self.svr
+    }
+
+    /// Whether `vector` is requested (IRR) or in service (ISR): what makes
+    /// this APIC the focus processor of a lowest-priority interrupt
+    /// (SDM 11.6.2.4).
+    pub fn has_vector(&self, vector: u8) -> bool {
+        Self::bit(&self.irr, vector) || Self::bit(&self.isr, vector)
     }
 
     /// An LVT entry.
@@ -286,9 +326,16 @@ impl Lapic {
         }
     }
 
-    /// Records an error; the error LVT's interrupt comes with delivery.
+    /// Records an error and, if the error LVT is unmasked, requests its
+    /// interrupt (SDM 11.5.3). An illegal error vector (below 16) requests
+    /// nothing rather than recurse into another error.
     fn error(&mut self, bits: u32) {
         self.esr_pending |= bits;
+        let lvt = self.lvt[Lvt::Error as usize];
+        if lvt & LVT_MASKED == 0 && lvt as u8 >= 16 {
+            Self::set_bit(&mut self.irr, lvt as u8, true);
+            Self::set_bit(&mut self.tmr, lvt as u8, false);
+        }
     }
 
     /// Accepts a fixed interrupt `vector` into the IRR (and TMR for a
@@ -323,6 +370,14 @@ impl Lapic {
         let v = Self::highest(&self.isr)?;
         Self::set_bit(&mut self.isr, v, false);
         Some((v, Self::bit(&self.tmr, v)))
+    }
+
+    /// The next level-triggered vector the guest EOI'd (through the EOI
+    /// register) that is still to be broadcast to the I/O APIC, taken once.
+    pub fn take_level_eoi(&mut self) -> Option<u8> {
+        let v = Self::highest(&self.level_eois)?;
+        Self::set_bit(&mut self.level_eois, v, false);
+        Some(v)
     }
 
     /// The IPI the guest last sent through the ICR, taken once.
@@ -465,7 +520,9 @@ impl Lapic {
             reg::ID => self.id = v & 0xFF00_0000,
             reg::TPR => self.tpr = v & 0xFF,
             reg::EOI => {
-                self.eoi();
+                if let Some((v, true)) = self.eoi() {
+                    Self::set_bit(&mut self.level_eois, v, true);
+                }
             }
             reg::LDR => self.ldr = v & 0xFF00_0000,
             reg::DFR => self.dfr = v | 0x0FFF_FFFF,
@@ -768,6 +825,28 @@ mod tests {
     }
 
     #[test]
+    fn errors_raise_the_error_lvt_interrupt() {
+        let (mut l, _) = lapic();
+        enable(&mut l);
+        l.accept_irq(3, false);
+        assert_eq!(l.highest_pending(), None, "error LVT masked");
+        wr(&mut l, reg::LVT_ERROR, 0xFE);
+        l.accept_irq(3, false);
+        assert_eq!(l.highest_pending(), Some(0xFE));
+        l.ack(0xFE);
+        l.eoi();
+        // An illegal error vector: the error is recorded, nothing requested.
+        wr(&mut l, reg::LVT_ERROR, 0x05);
+        wr(&mut l, reg::ICR_LOW, 0x0000_4001);
+        assert_eq!(l.highest_pending(), None);
+        wr(&mut l, reg::ESR, 0);
+        assert_eq!(
+            rd(&mut l, reg::ESR),
+            esr::RECEIVE_ILLEGAL_VECTOR | esr::SEND_ILLEGAL_VECTOR
+        );
+    }
+
+    #[test]
     fn access_sizes() {
         let (mut l, _) = lapic();
         let mut b = [0u8; 1];
@@ -819,6 +898,30 @@ mod tests {
         wr(&mut l, reg::TPR, 0x40);
         l.accept_irq(0x45, false);
         assert_eq!(l.highest_pending(), None, "same class as TPR is blocked");
+    }
+
+    #[test]
+    fn eoi_register_queues_level_vectors_for_the_broadcast() {
+        let (mut l, _) = lapic();
+        enable(&mut l);
+        l.accept_irq(0x41, true);
+        l.accept_irq(0x51, false);
+        l.ack(0x51);
+        wr(&mut l, reg::EOI, 0);
+        assert_eq!(l.take_level_eoi(), None, "edge: nothing to broadcast");
+        l.ack(0x41);
+        wr(&mut l, reg::EOI, 0);
+        assert_eq!(l.take_level_eoi(), Some(0x41));
+        assert_eq!(l.take_level_eoi(), None, "taken once");
+    }
+
+    #[test]
+    fn virtual_wire_lint0_survives_until_svr_is_written() {
+        let (mut l, _) = lapic();
+        l.set_virtual_wire_lint0();
+        assert_eq!(rd(&mut l, reg::LVT_LINT0), 0x700);
+        wr(&mut l, reg::SVR, 0xFF);
+        assert_eq!(rd(&mut l, reg::LVT_LINT0), 0x0001_0700);
     }
 
     #[test]

@@ -55,6 +55,8 @@ struct Chip {
     special_mask: bool,
     /// 0: operational; 1, 2, 3: waiting for ICW2, ICW3, ICW4.
     init_state: u8,
+    /// ICW2 was written since power-on: the chip has a vector base.
+    initialized: bool,
     icw4_needed: bool,
     single: bool,
     /// ICW1.LTIM: every IR level-sensitive.
@@ -79,6 +81,7 @@ impl Chip {
             poll: false,
             special_mask: false,
             init_state: 0,
+            initialized: false,
             icw4_needed: false,
             single: false,
             ltim: false,
@@ -216,6 +219,7 @@ impl Chip {
         match self.init_state {
             1 => {
                 self.base = v & 0xF8;
+                self.initialized = true;
                 self.init_state = match (self.single, self.icw4_needed) {
                     (false, _) => 2,
                     (true, true) => 3,
@@ -280,6 +284,14 @@ impl Pic {
         if !out {
             self.chips[0].irr &= !(1 << 2);
         }
+    }
+
+    /// Whether software has initialized the master (ICW1 and ICW2 since
+    /// power-on). Before that its vector base is undefined (datasheet:
+    /// the ICW sequence must come first); the interrupt router takes no
+    /// INTR from it then, as vectors 0-7 would be taken for exceptions.
+    pub fn initialized(&self) -> bool {
+        self.chips[0].initialized
     }
 
     /// Whether the master's INT (the CPU's INTR) is asserted.
@@ -425,6 +437,16 @@ mod tests {
         let mut p = Pic::new();
         init(&mut p, 0x20, 0x28, false);
         p
+    }
+
+    #[test]
+    fn initialized_after_icw2() {
+        let mut p = Pic::new();
+        assert!(!p.initialized());
+        p.write_port(0x20, 0x11);
+        assert!(!p.initialized());
+        p.write_port(0x21, 0x20);
+        assert!(p.initialized());
     }
 
     #[test]
