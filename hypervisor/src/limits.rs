@@ -10,6 +10,9 @@ pub use crate::mm::memslot::{CacheMode, MAX_SLOTS};
 /// Cores the hypervisor drives (per-core tables are this long).
 pub const MAX_CPUS: usize = 64;
 
+// Every vCPU has a reader slot in the live memslots.
+const _: () = assert!(crate::mm::live::MAX_READERS >= MAX_CPUS);
+
 /// vCPUs a VM can have: one BootInfo per vCPU must fit the guest layout,
 /// and a dirty-log run needs one core more than it has vCPUs (the
 /// controller).

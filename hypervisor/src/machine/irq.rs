@@ -100,12 +100,20 @@ use crate::devices::pic::Pic;
 use crate::devices::pit::Pit;
 use crate::devices::IrqLine;
 use crate::machine::pc::Platform;
-use crate::vcpu::inject::Pending;
 use alloc::boxed::Box;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
+
+/// What is waiting for the vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Pending {
+    pub nmi: bool,
+    /// The highest-priority maskable interrupt the vCPU would accept now
+    /// (its local APIC's, above PPR; or the PIC's through LINT0).
+    pub interrupt: bool,
+}
 
 /// ISA IRQ lines (0-15).
 pub const ISA_IRQS: u8 = 16;

@@ -40,7 +40,8 @@ use core::fmt;
 use core::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
 /// Readers (vCPUs) a [`LiveSlots`] tracks: one per possible vCPU id.
-pub const MAX_READERS: usize = crate::limits::MAX_CPUS;
+/// (`limits` checks at compile time that it covers `MAX_CPUS`.)
+pub const MAX_READERS: usize = 64;
 
 /// Keeps a value alone on its cache line.
 #[repr(align(64))]

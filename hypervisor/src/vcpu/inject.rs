@@ -34,14 +34,7 @@ pub struct EventState {
     pub entry_event_queued: bool,
 }
 
-/// What is waiting for the vCPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Pending {
-    pub nmi: bool,
-    /// The highest-priority maskable interrupt the vCPU would accept now
-    /// (its local APIC's, above PPR; or the PIC's through LINT0).
-    pub interrupt: bool,
-}
+pub use crate::machine::irq::Pending;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
