@@ -73,22 +73,40 @@ static TSC_ZERO: spin::Once<u64> = spin::Once::new();
 
 type KernelVcpu<'a> = Vcpu<'a, CoreHw, KernelMemory>;
 
-/// The VM's controls with the VMX-preemption timer on when the run has a
-/// watchdog, and the timer's start value: the watchdog time in TSC ticks,
-/// shifted by the CPU's rate (IA32_VMX_MISC bits 4:0), at most 2^32 - 1.
-fn watchdog(vm: &Vm<KernelMemory>) -> (crate::vmx::controls::Controls, Option<u32>) {
-    use crate::vmx::controls::PinBased;
-    let mut controls = vm.controls;
-    let timer = PinBased::PREEMPTION_TIMER.bits();
-    let ms = vm.config.watchdog_ms;
+/// The VM's controls with the VMX-preemption timer on where the CPU has
+/// one (the vCPU's timer deadlines and the watchdog use it), and the
+/// watchdog time in TSC ticks (0 = off).
+fn timer_controls(vm: &Vm<KernelMemory>) -> (crate::vmx::controls::Controls, u64) {
+    let controls = vm.controls;
     let hz = arch::tsc_rate();
-    if controls.pin & timer == 0 || ms == 0 || hz == 0 {
-        controls.pin &= !timer;
-        return (controls, None);
+    let watchdog = (u128::from(vm.config.watchdog_ms) * u128::from(hz) / 1000) as u64;
+    (controls, watchdog)
+}
+
+/// Starts the VMX-preemption timer for the next entry: at the vCPU's next
+/// timer deadline or what is left of the watchdog time, whichever is
+/// nearer (in TSC ticks, shifted by IA32_VMX_MISC bits 4:0).
+fn arm_timer(v: &mut KernelVcpu) -> Result<(), Stop> {
+    use crate::vmx::controls::PinBased;
+    let vm = v.vm;
+    if vm.controls.pin & PinBased::PREEMPTION_TIMER.bits() == 0 {
+        return Ok(());
     }
-    let ticks = u128::from(ms) * u128::from(hz) / 1000;
-    let value = (ticks >> vm.caps.misc.preemption_timer_rate()).min(u128::from(u32::MAX));
-    (controls, Some((value as u32).max(1)))
+    let hz = arch::tsc_rate().max(1);
+    let mut ticks = u64::MAX;
+    if v.watchdog_tsc != 0 {
+        let quiet = arch::rdtsc().wrapping_sub(v.last_progress);
+        ticks = v.watchdog_tsc.saturating_sub(quiet).max(1);
+    }
+    if let Some(deadline) = vm.irq.next_deadline_ns(v.id) {
+        let now = vm.clock.now_ns();
+        let ns = deadline.saturating_sub(now);
+        ticks = ticks.min((u128::from(ns) * u128::from(hz) / 1_000_000_000) as u64);
+    }
+    let value = (ticks >> vm.caps.misc.preemption_timer_rate()).min(u64::from(u32::MAX));
+    v.vmcs
+        .write32(Vmcs32::GuestPreemptionTimerValue, value as u32)?;
+    Ok(())
 }
 
 fn fatal(what: String) -> Stop {
@@ -143,7 +161,7 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
     let word = unsafe { &mut *(mem::phys_to_virt(vmcs_frame) as *mut u32) };
     vmcs::load(caps, vmcs_frame, word).map_err(|e| fatal(e.into()))?;
 
-    let (controls, watchdog) = watchdog(vm);
+    let (controls, watchdog) = timer_controls(vm);
     let cfg = VmcsConfig {
         controls,
         eptp: vm.ept.eptp(),
@@ -160,9 +178,7 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
         arch::enable_xsave();
     }
     vmcs::write_controls_and_host(&mut v.vmcs, caps, &cfg)?;
-    if let Some(value) = watchdog {
-        v.vmcs.write32(Vmcs32::GuestPreemptionTimerValue, value)?;
-    }
+    v.watchdog_tsc = watchdog;
     let state = vm.initial_state(v.id);
     vmcs::write_guest_state(&mut v.vmcs, caps, &vm.controls, &state)?;
     v.regs = state.gprs;
@@ -171,9 +187,12 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
     vmcs::invept(vm.ept.eptp(), vm.invept_single);
 
     let start = arch::rdtsc();
+    v.last_progress = start;
     let mut launched = 0;
     let stop = loop {
         v.service_requests();
+        v.deliver_events()?;
+        arm_timer(v)?;
         // SAFETY: the VMCS is current and fully written; `regs` lives across
         // the call.
         let rc = unsafe { vmx_enter(&mut v.regs, launched) };
@@ -194,6 +213,9 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
         let raw = v.vmcs.read32(Vmcs32::ExitReason)?;
         let (reason, entry_failed) = ExitReason::from_raw(raw);
         v.stats.exits[reason.as_index()] += 1;
+        if reason != ExitReason::PreemptionTimer {
+            v.last_progress = arch::rdtsc();
+        }
         if entry_failed {
             let q = v.vmcs.read_nat(VmcsNatural::ExitQualification).unwrap_or(0);
             dump_vmcs();

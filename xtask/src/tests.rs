@@ -618,8 +618,9 @@ pub fn cases() -> Vec<Case> {
             "mbkernel: ok msrs",
             "mbkernel: ok lapic",
             "mbkernel: ok pci",
+            "mbkernel: ok apictimer",
             "mbkernel: ok modeswitch",
-            "mbkernel: RESULT PASS (15 checks)",
+            "mbkernel: RESULT PASS (16 checks)",
         ])
         .absent(&["mbkernel: FAIL", "mbkernel: skip", "VM entry failed"]);
         c.cpu_model = Some(model);

@@ -1021,6 +1021,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("msrs", cpu::check_msrs_match_cpuid),
     ("lapic", cpu::check_lapic_registers),
     ("pci", cpu::check_pci_absent),
+    ("apictimer", cpu::check_apic_timer),
     ("modeswitch", check_mode_roundtrip),
 ];
 

@@ -59,6 +59,12 @@ pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> 
             }
         }
     }
+    // The 8259s' programming or an EOI may change what their output
+    // drives (SDM-independent: the 8259A datasheet's INT line).
+    if matches!(port, 0x20 | 0x21 | 0xa0 | 0xa1 | 0x4d0 | 0x4d1) {
+        let kicks = v.vm.irq.after_pic_access();
+        v.kick(kicks);
+    }
     v.skip_instruction()?;
     Ok(Action::Resume)
 }

@@ -334,6 +334,12 @@ pub fn emulate<H: Hw, M: HostMemory>(
             if shadow & 0b11 != 0 {
                 h.write32(Vmcs32::GuestInterruptibilityState, shadow & !0b11)?;
             }
+            // A write to this vCPU's APIC may have sent an IPI or ended a
+            // level-triggered interrupt: the router acts on it.
+            if q.write && apic_page(v).is_some_and(|base| gpa & !0xfff == base) {
+                let w = v.vm.irq.after_lapic_write(v.id);
+                v.kick(w.kicks);
+            }
             Ok(Action::Resume)
         }
         // The instruction runs into a page the guest has not mapped: the

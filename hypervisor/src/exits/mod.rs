@@ -83,7 +83,10 @@ fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>, reason: ExitReason) -> Resul
         ExitReason::TripleFault => triple_fault::handle(v),
         ExitReason::ExternalInterrupt => interrupt::external(v),
         ExitReason::Xsetbv => xsetbv::handle(v),
-        ExitReason::PreemptionTimer => watchdog::fired(v),
+        ExitReason::PreemptionTimer => watchdog::timer(v),
+        // The guest can take the event now: `Vcpu::deliver_events` injects
+        // it before the next entry.
+        ExitReason::InterruptWindow | ExitReason::NmiWindow => Ok(Action::Resume),
         ExitReason::Invd => cache::invd(v),
         ExitReason::Monitor => mwait::monitor(v),
         ExitReason::Mwait => mwait::mwait(v),

@@ -120,6 +120,7 @@ pub fn wrmsr<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
             if was_enabled && !v.apic_base.enabled() {
                 v.vm.lapics[v.id as usize].lock().reset();
             }
+            v.vm.irq.set_apic_enabled(v.id, v.apic_base.enabled());
         }
         // Writing the TSC sets this vCPU's offset (SDM 18.17).
         IA32_TSC => {

@@ -3,8 +3,14 @@
 //! When Switching Stacks", 25.4.2 "interruptibility state", 27.6 "Event
 //! Injection"), and what to do otherwise: ask for an exit when
 //! the guest opens the window (interrupt-window and NMI-window exiting,
-//! SDM 26.2). Pure: the caller reads the guest state from the VMCS and acts
-//! on the [`Decision`].
+//! SDM 26.2). [`decide`] is pure; [`Vcpu::deliver_events`] reads the guest
+//! state from the VMCS, asks it, and applies the answer.
+
+use super::{Hw, Stop, Vcpu};
+use crate::mm::HostMemory;
+use crate::vmx::controls::PrimaryProcBased;
+use crate::vmx::exit::InterruptionInfo;
+use crate::vmx::fields::{Vmcs32, VmcsNatural};
 
 /// Guest interruptibility-state bits (SDM 25.4.2 table "Format of
 /// Interruptibility State").
@@ -91,6 +97,66 @@ pub fn decide(s: &EventState, p: Pending) -> Decision {
         return Decision::InterruptWindow;
     }
     Decision::Nothing
+}
+
+impl<H: Hw, M: HostMemory> Vcpu<'_, H, M> {
+    /// Before each VM entry: polls this vCPU's timers, then injects the
+    /// NMI or interrupt the guest can take now, or asks for an exit when it
+    /// opens the window (interrupt-window / NMI-window exiting, SDM 26.2).
+    /// Acknowledging happens only when the event is injected, so nothing is
+    /// taken from the APIC or the 8259 that is not delivered.
+    pub fn deliver_events(&mut self) -> Result<(), Stop> {
+        let router = &self.vm.irq;
+        router.poll_timers_for(self.id);
+        let pending = router.pending_for(self.id);
+        let entry = InterruptionInfo::from_raw(self.vmcs.read32(Vmcs32::VmEntryInterruptionInfo)?);
+        let state = EventState {
+            rflags: self.vmcs.read_nat(VmcsNatural::GuestRflags)?,
+            interruptibility: self.vmcs.read32(Vmcs32::GuestInterruptibilityState)?,
+            activity: self.vmcs.read32(Vmcs32::GuestActivityState)?,
+            entry_event_queued: entry.valid,
+        };
+        let mut windows = 0u32;
+        match decide(&state, pending) {
+            Decision::Nothing => {}
+            Decision::InjectNmi => {
+                if router.take_nmi(self.id) {
+                    self.queue_event(InterruptionInfo::nmi())?;
+                }
+            }
+            Decision::InjectInterrupt => {
+                if let Some(vector) = router.acknowledge(self.id) {
+                    self.queue_event(InterruptionInfo::external_interrupt(vector))?;
+                }
+            }
+            Decision::NmiWindow => windows |= PrimaryProcBased::NMI_WINDOW.bits(),
+            Decision::InterruptWindow => {
+                windows |= PrimaryProcBased::INTERRUPT_WINDOW_EXITING.bits()
+            }
+        }
+        // Only the windows this CPU can open; without one, the event waits
+        // for the vCPU's next exit.
+        let windows = windows & self.vm.caps.proc.allowed1;
+        let all =
+            (PrimaryProcBased::NMI_WINDOW | PrimaryProcBased::INTERRUPT_WINDOW_EXITING).bits();
+        let proc = self.vmcs.read32(Vmcs32::PrimaryProcBasedControls)?;
+        let want = (proc & !all) | windows;
+        if want != proc {
+            self.vmcs.write32(Vmcs32::PrimaryProcBasedControls, want)?;
+        }
+        Ok(())
+    }
+
+    /// Queues an NMI or external interrupt for the next entry; a vCPU in the
+    /// HLT state wakes up to take it (SDM 27.6: injection makes it active).
+    fn queue_event(&mut self, info: InterruptionInfo) -> Result<(), Stop> {
+        self.vmcs
+            .write32(Vmcs32::VmEntryInterruptionInfo, info.to_raw())?;
+        if self.vmcs.read32(Vmcs32::GuestActivityState)? == HLT {
+            self.vmcs.write32(Vmcs32::GuestActivityState, ACTIVE)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

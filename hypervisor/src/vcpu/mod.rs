@@ -182,6 +182,10 @@ pub struct Vcpu<'a, H: Hw, M: HostMemory> {
     /// open from the start of `exits::dispatch` to its end, never while
     /// the guest runs or the vCPU waits.
     section: Option<ReadGuard<'a>>,
+    /// The TSC at this vCPU's last exit other than a timer's (watchdog).
+    pub last_progress: u64,
+    /// The watchdog time in TSC ticks (0 = off).
+    pub watchdog_tsc: u64,
 }
 
 impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
@@ -200,6 +204,8 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
             xcr0: 1,
             apic_base: ApicBase::new(id == 0),
             section: None,
+            last_progress: 0,
+            watchdog_tsc: 0,
         }
     }
 
@@ -383,6 +389,15 @@ impl<'a, H: Hw, M: HostMemory> Vcpu<'a, H, M> {
     /// Guest memory through the current read section's memslots.
     pub fn guest_mem(&self) -> GuestMem<'a, M> {
         GuestMem::new(self.slots(), &self.vm.mem)
+    }
+
+    /// Sends every other vCPU in `kicks` out of the guest, so that it takes
+    /// what was just made pending for it.
+    pub fn kick(&self, kicks: crate::machine::irq::KickSet) {
+        kicks
+            .iter()
+            .filter(|&id| id != self.id)
+            .for_each(|id| self.vm.requests.kick(id));
     }
 
     /// This vCPU's counters now, for a workload's phases.

@@ -19,6 +19,7 @@ use crate::devices::serial::Serial;
 use crate::devices::{Clock, MmioBus, PioBus, PlatformEvents, SerialSink};
 use crate::machine::board::Board;
 use crate::machine::cpuid::CpuidPolicy;
+use crate::machine::irq::{Router, Start};
 use crate::machine::pc::{Platform, PlatformParams};
 use crate::mm::dirty::DirtyBitmap;
 use crate::mm::ept::Ept;
@@ -112,6 +113,9 @@ pub trait Workload: Sync {
 
 pub struct Vm<M: HostMemory> {
     pub config: RunConfig<'static>,
+    /// Interrupt routing: APICs, the I/O APIC, the 8259s, timers
+    /// (`machine::irq`).
+    pub irq: Arc<Router>,
     /// The memslots, changeable while vCPUs run (`mm::live`): a vCPU reads
     /// them inside an exit's read section (`Vcpu::slots`), the boot core
     /// through `with_slots`.
@@ -484,9 +488,19 @@ impl<M: HostMemory> Vm<M> {
                 )
                 .map_err(|e| format!("scratch MMIO device: {e}"))?;
         }
+        // The interrupt fabric over the platform's devices. Every vCPU of a
+        // native guest starts at its entry; a kernel starts on the BSP.
+        let start = if kernel_state.is_some() {
+            Start::BspOnly
+        } else {
+            Start::AllRunning
+        };
+        let irq = Router::for_platform(&platform, start).map_err(|e| format!("interrupts: {e}"))?;
+        irq.set_kicker(kick);
         let msr_bitmap = all_ones_frame(&mem)?;
         let io_bitmaps = (all_ones_frame(&mem)?, all_ones_frame(&mem)?);
         Ok(Vm {
+            irq,
             config,
             cache_mode: slots.mode(),
             slots: LiveSlots::new(slots),

@@ -422,3 +422,65 @@ fn a_deleted_slot_is_unmapped_and_its_gfns_are_contained() {
     // Slot 0 still resolves through the same (now stale) cache.
     resumes(ept_fault(&mut v, 0x1000, WRITE));
 }
+
+/// A pending APIC interrupt is injected when the guest can take it, with
+/// the vector acknowledged (IRR to ISR); with interrupts off the
+/// interrupt-window exit is asked for instead, and nothing is taken.
+#[test]
+fn pending_interrupts_are_injected_or_wait_for_the_window() {
+    use crate::vmx::controls::PrimaryProcBased;
+    let (vm, _) = vm();
+    {
+        let mut l = vm.lapics[0].lock();
+        l.mmio_write(crate::devices::lapic::reg::SVR, &0x1ffu32.to_le_bytes());
+        assert!(l.accept_irq(0x41, false));
+    }
+    let window = PrimaryProcBased::INTERRUPT_WINDOW_EXITING.bits();
+    // RFLAGS.IF = 0: wait for the window.
+    let mut v = vcpu(vm, 0, 0);
+    v.vmcs.write_nat(VmcsNatural::GuestRflags, 0x2).unwrap();
+    v.deliver_events().unwrap();
+    assert_eq!(injected(&v), 0);
+    assert_ne!(
+        v.vmcs.read32(Vmcs32::PrimaryProcBasedControls).unwrap() & window,
+        0
+    );
+    assert_eq!(
+        vm.lapics[0].lock().highest_pending(),
+        Some(0x41),
+        "not taken"
+    );
+    // IF = 1, in the HLT state: injected, the vCPU wakes, the window closes.
+    v.vmcs.write_nat(VmcsNatural::GuestRflags, 0x202).unwrap();
+    v.vmcs.write32(Vmcs32::GuestActivityState, 1).unwrap();
+    v.deliver_events().unwrap();
+    assert_eq!(
+        injected(&v),
+        InterruptionInfo::external_interrupt(0x41).to_raw()
+    );
+    assert_eq!(v.vmcs.read32(Vmcs32::GuestActivityState).unwrap(), 0);
+    assert_eq!(
+        v.vmcs.read32(Vmcs32::PrimaryProcBasedControls).unwrap() & window,
+        0
+    );
+    assert_eq!(vm.lapics[0].lock().highest_pending(), None, "IRR -> ISR");
+}
+
+/// HLT with interrupts on and nothing pending sleeps in the HLT activity
+/// state (the core halts in the guest); with interrupts off it is reported.
+#[test]
+fn hlt_sleeps_in_the_hlt_activity_state() {
+    let (vm, _) = vm();
+    let mut v = vcpu(vm, 1, 0);
+    v.vmcs
+        .write32(Vmcs32::GuestInterruptibilityState, 1)
+        .unwrap(); // sti; hlt
+    resumes(dispatch(&mut v, ExitReason::Hlt));
+    completed(&v);
+    assert_eq!(v.vmcs.read32(Vmcs32::GuestActivityState).unwrap(), 1);
+    assert_eq!(
+        v.vmcs.read32(Vmcs32::GuestInterruptibilityState).unwrap(),
+        0,
+        "the STI shadow ended with HLT"
+    );
+}
