@@ -619,8 +619,9 @@ pub fn cases() -> Vec<Case> {
             "mbkernel: ok lapic",
             "mbkernel: ok pci",
             "mbkernel: ok apictimer",
+            "mbkernel: ok pit",
             "mbkernel: ok modeswitch",
-            "mbkernel: RESULT PASS (16 checks)",
+            "mbkernel: RESULT PASS (17 checks)",
         ])
         .absent(&["mbkernel: FAIL", "mbkernel: skip", "VM entry failed"]);
         c.cpu_model = Some(model);

@@ -1022,6 +1022,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("lapic", cpu::check_lapic_registers),
     ("pci", cpu::check_pci_absent),
     ("apictimer", cpu::check_apic_timer),
+    ("pit", cpu::check_pit_irq0),
     ("modeswitch", check_mode_roundtrip),
 ];
 

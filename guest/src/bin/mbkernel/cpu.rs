@@ -3,7 +3,7 @@
 //! forms, and the PCI configuration ports of a machine without PCI devices.
 //! Faults are caught by the kernel's own IDT (`mb_try`).
 
-use super::{outl, Ctx, Msg, Serial};
+use super::{outb, outl, Ctx, Msg, Serial};
 use core::arch::{asm, global_asm};
 use core::fmt::Write;
 
@@ -420,6 +420,122 @@ pub fn check_apic_timer(_: &Ctx, why: &mut Msg) -> bool {
         why,
         current == 0,
         "one-shot current count {current} after it fired"
+    );
+    true
+}
+
+// ---- interrupts: the PIT through the 8259 and through the I/O APIC ----
+
+global_asm!(
+    r#"
+    .section .text.mbx_pit, "ax"
+    .code64
+    .global mbx_pic_isr, mbx_ioapic_isr
+mbx_pic_isr:                /* IRQ 0 through the 8259: EOI to the master */
+    incq mbx_pit_ticks(%rip)
+    push %rax
+    mov $0x20, %al
+    out %al, $0x20
+    pop %rax
+    iretq
+mbx_ioapic_isr:             /* IRQ 0 through I/O APIC pin 2: EOI to the APIC */
+    incq mbx_pit_ticks(%rip)
+    push %rax
+    mov $0xfee000b0, %eax
+    movl $0, (%rax)
+    pop %rax
+    iretq
+    .section .bss.mbx_pit_ticks, "aw", @nobits
+    .balign 8
+    .global mbx_pit_ticks
+mbx_pit_ticks: .skip 8
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    fn mbx_pic_isr();
+    fn mbx_ioapic_isr();
+    static mbx_pit_ticks: u64;
+}
+
+fn pit_ticks() -> u64 {
+    // SAFETY: written by the interrupt handlers only.
+    unsafe { (&raw const mbx_pit_ticks).read_volatile() }
+}
+
+/// Sleeps with interrupts on until `count` more PIT ticks arrived (at most
+/// 200 wake-ups); the ticks and wake-ups seen.
+fn wait_pit(count: u64) -> (u64, u64) {
+    let t0 = pit_ticks();
+    let mut wakeups = 0;
+    while pit_ticks() < t0 + count && wakeups < 200 {
+        // SAFETY: sleeps until an interrupt.
+        unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+        wakeups += 1;
+    }
+    (pit_ticks() - t0, wakeups)
+}
+
+/// The 8254's IRQ 0, first through the 8259 pair (the BSP's LINT0 in
+/// virtual-wire mode, vector from the 8259's INTA cycle), then through the
+/// I/O APIC's pin 2 (as QEMU's MADT override says) with the 8259 masked.
+pub fn check_pit_irq0(_: &Ctx, why: &mut Msg) -> bool {
+    super::setup_idt();
+    set_gate(0x20, mbx_pic_isr as *const () as u64);
+    set_gate(0x42, mbx_ioapic_isr as *const () as u64);
+    apic_write(0xf0, 0x1ff);
+    // LINT0 as ExtINT (virtual wire, as firmware leaves it).
+    apic_write(0x350, 0x700);
+    // 8259 pair: ICW1-4, master at 0x20, slave at 0x28, IRQ 0 only.
+    for (port, v) in [
+        (0x20, 0x11),
+        (0xa0, 0x11),
+        (0x21, 0x20),
+        (0xa1, 0x28),
+        (0x21, 0x04),
+        (0xa1, 0x02),
+        (0x21, 0x01),
+        (0xa1, 0x01),
+        (0x21, 0xfe),
+        (0xa1, 0xff),
+    ] {
+        outb(port, v);
+    }
+    // PIT counter 0, mode 2, 1 ms (1193 input ticks).
+    outb(0x43, 0x34);
+    outb(0x40, (1193 & 0xff) as u8);
+    outb(0x40, (1193 >> 8) as u8);
+    let (pic, pic_wakeups) = wait_pit(5);
+    // Mask the 8259, route I/O APIC pin 2 to vector 0x42 (edge, fixed,
+    // physical, APIC 0).
+    outb(0x21, 0xff);
+    let ioapic = 0xfec0_0000u64 as *mut u32;
+    // SAFETY: the I/O APIC's index and window registers, identity-mapped.
+    unsafe {
+        ioapic.write_volatile(0x14);
+        ioapic.add(4).write_volatile(0x42);
+        ioapic.write_volatile(0x15);
+        ioapic.add(4).write_volatile(0);
+    }
+    let (io, io_wakeups) = wait_pit(5);
+    // Stop: mask the pin, counter 0 back to a one-shot.
+    // SAFETY: as above.
+    unsafe {
+        ioapic.write_volatile(0x14);
+        ioapic.add(4).write_volatile(1 << 16);
+    }
+    outb(0x43, 0x30);
+    say!("mbkernel: PIT IRQ 0: {pic} ticks through the 8259 ({pic_wakeups} wake-ups), {io} through the I/O APIC ({io_wakeups} wake-ups)");
+    ensure!(
+        why,
+        pic >= 5,
+        "{pic} PIT ticks through the 8259 in {pic_wakeups} HLTs"
+    );
+    ensure!(
+        why,
+        io >= 5,
+        "{io} PIT ticks through the I/O APIC in {io_wakeups} HLTs"
     );
     true
 }
