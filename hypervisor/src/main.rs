@@ -122,14 +122,6 @@ mod kernel {
                 payload.cmdline,
                 payload.initrd.len()
             );
-            if config.cpus > 1 {
-                error!(
-                    "--cpus {}: a kernel run has one vCPU for now (the others would start \
-                     with INIT-SIPI, which comes in the next issue)",
-                    config.cpus
-                );
-                return Err("kernel runs take one vCPU");
-            }
         }
         if !kernel_run {
             info!(

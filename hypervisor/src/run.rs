@@ -4,6 +4,7 @@
 
 use crate::arch;
 use crate::exits;
+use crate::machine::irq::{CpuEvent, RunState};
 use crate::mm::host::{self as mem, KernelMemory};
 use crate::println;
 use crate::vcpu::{Action, Hw, Stop, Vcpu, VcpuReport};
@@ -13,6 +14,7 @@ use crate::vmx::exit::{vm_instruction_error_message, ExitReason};
 use crate::vmx::fields::{Vmcs32, VmcsAccess, VmcsError, VmcsNatural};
 use crate::vmx::hw::entry::vmx_enter;
 use crate::vmx::hw::vmcs::{self, CurrentVmcs, VmcsConfig};
+use crate::x86::state::GuestState;
 use alloc::format;
 use alloc::string::String;
 use x86_64::registers::model_specific::Msr;
@@ -72,6 +74,36 @@ impl Hw for CoreHw {
 static TSC_ZERO: spin::Once<u64> = spin::Once::new();
 
 type KernelVcpu<'a> = Vcpu<'a, CoreHw, KernelMemory>;
+
+/// An AP waiting for a start-up IPI, outside the guest: spins until the
+/// router hands it a SIPI (then the state the SIPI starts it in: real mode
+/// at vector × 4096, the rest as after INIT, SDM 9.1.1 table 9-1), or until
+/// the VM ends or every other vCPU has stopped (then no SIPI can come).
+fn wait_for_sipi(v: &mut KernelVcpu) -> Result<GuestState, Stop> {
+    let vm = v.vm;
+    loop {
+        v.service_requests();
+        if let Some(stop) = exits::platform_stop(vm) {
+            return Err(stop);
+        }
+        match vm.irq.take_cpu_event(v.id) {
+            Some(CpuEvent::Startup { vector }) => {
+                let mut s = GuestState::real_mode(u16::from(vector) << 8, 0);
+                // CR0 after INIT: CD, NW and ET set; EDX: the CPU signature.
+                s.cr0 = 0x6000_0010;
+                s.gprs.rdx = u64::from(vm.cpuid.answer(v.id, 1, 0)[0]);
+                return Ok(s);
+            }
+            Some(CpuEvent::Init { .. }) => {}
+            None => {
+                if (0..vm.vcpus).all(|id| id == v.id || vm.requests.is_stopped(id)) {
+                    return Err(Stop::Shutdown { status: 0 });
+                }
+                core::hint::spin_loop();
+            }
+        }
+    }
+}
 
 /// The VM's controls with the VMX-preemption timer on where the CPU has
 /// one (the vCPU's timer deadlines and the watchdog use it), and the
@@ -179,7 +211,15 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
     }
     vmcs::write_controls_and_host(&mut v.vmcs, caps, &cfg)?;
     v.watchdog_tsc = watchdog;
-    let state = vm.initial_state(v.id);
+    // An AP of a kernel run waits for the guest's INIT-SIPI (SDM 9.4.4).
+    let state = if vm.irq.run_state(v.id) == RunState::WaitForSipi {
+        match wait_for_sipi(v) {
+            Ok(s) => s,
+            Err(stop) => return Ok(stop),
+        }
+    } else {
+        vm.initial_state(v.id)
+    };
     vmcs::write_guest_state(&mut v.vmcs, caps, &vm.controls, &state)?;
     v.regs = state.gprs;
     // Guest-physical mappings of an earlier EPT with the same root may be
@@ -191,6 +231,24 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
     let mut launched = 0;
     let stop = loop {
         v.service_requests();
+        // INIT resets an AP into wait-for-SIPI (SDM 9.1, 11.6.1); a SIPI to
+        // a running vCPU is ignored (the router drops it).
+        if let Some(CpuEvent::Init { wait_for_sipi: ap }) = vm.irq.take_cpu_event(v.id) {
+            if !ap {
+                break Stop::Reset {
+                    cause: String::from("INIT to the bootstrap processor"),
+                };
+            }
+            let state = match wait_for_sipi(v) {
+                Ok(s) => s,
+                Err(stop) => break stop,
+            };
+            vmcs::write_guest_state(&mut v.vmcs, caps, &vm.controls, &state)?;
+            v.regs = state.gprs;
+            v.vmcs.write32(Vmcs32::VmEntryInterruptionInfo, 0)?;
+            v.vmcs.write32(Vmcs32::GuestActivityState, 0)?;
+            v.vmcs.write32(Vmcs32::GuestInterruptibilityState, 0)?;
+        }
         v.deliver_events()?;
         arm_timer(v)?;
         // SAFETY: the VMCS is current and fully written; `regs` lives across

@@ -245,13 +245,6 @@ impl GuestSpec {
         };
         checks::cores(backend, &what, cores).map_err(anyhow::Error::msg)?;
         if self.kernel.is_some() {
-            if self.cpus > 1 {
-                bail!(
-                    "--cpus {}: a kernel run has one vCPU for now (the others would start \
-                     with INIT-SIPI, which comes in the next issue)",
-                    self.cpus
-                );
-            }
             let mib = self.mem_mib;
             let (min, max) = (board::MIN_MEM >> 20, board::PCI_HOLE >> 20);
             if mib < min || mib > max {

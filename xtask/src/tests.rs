@@ -620,12 +620,44 @@ pub fn cases() -> Vec<Case> {
             "mbkernel: ok pci",
             "mbkernel: ok apictimer",
             "mbkernel: ok pit",
+            "mbkernel: one vCPU: SMP not checked",
+            "mbkernel: ok smp",
             "mbkernel: ok modeswitch",
-            "mbkernel: RESULT PASS (17 checks)",
+            "mbkernel: RESULT PASS (18 checks)",
         ])
         .absent(&["mbkernel: FAIL", "mbkernel: skip", "VM entry failed"]);
         c.cpu_model = Some(model);
         v.push(c);
+    }
+    // The same kernel on 2 and 4 vCPUs: only vCPU 0 starts; the kernel
+    // starts the others with INIT-SIPI-SIPI into its real-mode trampoline,
+    // ping-pongs fixed IPIs with APIC 1 and sends it an NMI. The idle APs
+    // sleep in HLT (a few exits each, not a spin).
+    for cpus in [2u32, 4] {
+        v.push(
+            Case::kernel(
+                &format!("bochs-multiboot-smp-{cpus}"),
+                "mbkernel",
+                TestKernel::Built {
+                    program: "mbkernel",
+                    append: if cpus == 2 {
+                        "smp expect_cpus=2"
+                    } else {
+                        "smp expect_cpus=4"
+                    },
+                },
+                Success,
+            )
+            .cpus(cpus)
+            .contains(&[
+                "mbkernel: ok fwcfg",
+                "APs in 64-bit mode",
+                "mbkernel: 10 IPI round trips with APIC 1 (10 pings, 10 pongs), 1 NMI",
+                "mbkernel: ok smp",
+                "mbkernel: RESULT PASS (18 checks)",
+            ])
+            .absent(&["mbkernel: FAIL", "VM entry failed", "CONTAINED"]),
+        );
     }
     // The ELF32 path of the multiboot loader, entered in 32-bit mode.
     v.push(

@@ -354,6 +354,7 @@ mb_gdt_ptr:
 
     .section .bss.mb_tables, "aw", @nobits
     .balign 4096
+    .global mb_pml4  /* the APs' start-up code loads it too */
 mb_pml4: .skip 4096
 mb_pdpt: .skip 4096
 mb_pd:   .skip 4 * 4096
@@ -966,8 +967,11 @@ fn check_fw_cfg(c: &Ctx, why: &mut Msg) -> bool {
         id & 1 != 0,
         "ID {id:#x} lacks bit 0 (traditional interface)"
     );
+    // NB_CPUS against `expect_cpus=N` (default 1) and CPUID's count of
+    // logical processors in the package (leaf 0xB, core level).
     let cpus = u16::from_le_bytes(fw_cfg(0x0005));
-    ensure!(why, cpus == 1, "NB_CPUS {cpus}, want 1");
+    let want = c.num("expect_cpus").unwrap_or(1);
+    ensure!(why, u64::from(cpus) == want, "NB_CPUS {cpus}, want {want}");
     if let Some(mib) = c.num("expect_mem") {
         let ram = u64::from_le_bytes(fw_cfg(0x0003));
         ensure!(
@@ -1023,6 +1027,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("pci", cpu::check_pci_absent),
     ("apictimer", cpu::check_apic_timer),
     ("pit", cpu::check_pit_irq0),
+    ("smp", cpu::check_smp),
     ("modeswitch", check_mode_roundtrip),
 ];
 

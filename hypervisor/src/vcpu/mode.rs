@@ -105,6 +105,17 @@ impl<H: Hw, M: HostMemory> Vcpu<'_, H, M> {
             let ia32e = VmEntryControls::IA32E_MODE_GUEST.bits();
             if r.efer & EFER_LMA != 0 {
                 entry |= ia32e;
+                // VM entry wants a 64-bit busy TSS in TR in IA-32e mode
+                // (SDM 27.3.1.2), where a CPU takes whatever TR holds until
+                // the OS loads its own; a vCPU started by SIPI still has
+                // real mode's 16-bit busy TSS (type 3). As KVM's
+                // enter_lmode does, the type becomes 11; nothing else of
+                // TR changes.
+                let tr = self.vmcs.read32(Vmcs32::GuestTrAccessRights)?;
+                if tr & 0xf != 11 {
+                    self.vmcs
+                        .write32(Vmcs32::GuestTrAccessRights, (tr & !0xf) | 11)?;
+                }
             } else {
                 entry &= !ia32e;
                 // Outside IA-32e mode RIP is 32 bits (SDM 27.3.1.4 checks

@@ -225,6 +225,7 @@ fn load_kernel<M: HostMemory>(
     image: &[u8],
     append: &str,
     initrd: &[u8],
+    vcpus: u32,
     gm: &mut GuestMem<'_, M>,
 ) -> Result<(Layout, GuestState, multiboot::Loaded), String> {
     let board = Board::new(mem_bytes).map_err(|e| format!("kernel run: {e}"))?;
@@ -256,7 +257,7 @@ fn load_kernel<M: HostMemory>(
         multiboot::load(image, &header, &board, &params, gm).map_err(|e| format!("kernel: {e}"))?;
     // The ACPI tables (RSDP first) in the BIOS area the board map reserves,
     // where an OS searches for the RSDP (ACPI 6.x, 5.2.5.1).
-    let acpi = crate::machine::acpi::build(crate::machine::board::ACPI_BASE, 1)
+    let acpi = crate::machine::acpi::build(crate::machine::board::ACPI_BASE, vcpus)
         .map_err(|e| format!("ACPI tables: {e}"))?;
     gm.write(acpi.base, &acpi.bytes)
         .map_err(|gpa| format!("writing the ACPI tables at {gpa:#x}"))?;
@@ -264,7 +265,7 @@ fn load_kernel<M: HostMemory>(
         mem_bytes,
         stacks_start: mem_bytes,
         free_start: mem_bytes,
-        vcpus: 1,
+        vcpus,
     };
     Ok((layout, state, loaded))
 }
@@ -278,7 +279,7 @@ impl<M: HostMemory> Vm<M> {
 
     /// Builds the VM for `image`: a native guest as in [`Self::build`], or
     /// a kernel loaded by its boot protocol into RAM laid out as the board
-    /// map says (one vCPU: the others come with INIT-SIPI).
+    /// map says (vCPU 0 starts; the others wait for the guest's INIT-SIPI).
     pub fn build_image(mem: M, parts: VmParts, image: GuestImage) -> Result<Self, String> {
         if let GuestImage::Kernel { .. } = image {
             if !parts
@@ -287,13 +288,6 @@ impl<M: HostMemory> Vm<M> {
                 .contains(SecondaryProcBased::UNRESTRICTED_GUEST)
             {
                 return Err(NEEDS_UNRESTRICTED.into());
-            }
-            if parts.vcpus != 1 {
-                return Err(format!(
-                    "a kernel run has one vCPU for now ({} asked): the others would start \
-                     with INIT-SIPI, which comes in the next issue",
-                    parts.vcpus
-                ));
             }
             if parts.config.iterations > 0 {
                 return Err("a kernel run is not a dirty-log run".into());
@@ -463,7 +457,7 @@ impl<M: HostMemory> Vm<M> {
                 initrd,
             } => {
                 let (layout, state, loaded) =
-                    load_kernel(&config, mem_bytes, image, append, initrd, &mut gm)?;
+                    load_kernel(&config, mem_bytes, image, append, initrd, vcpus, &mut gm)?;
                 (layout, state.rip, Some(state), Some(loaded))
             }
         };
@@ -713,7 +707,6 @@ mod kernel_tests {
             Ok(_) => panic!("accepted"),
             Err(e) => e,
         };
-        assert!(err(parts(16, 2), image).contains("one vCPU"));
         let mut p = parts(16, 1);
         p.controls.proc2 &= !SecondaryProcBased::UNRESTRICTED_GUEST.bits();
         assert_eq!(err(p, image), NEEDS_UNRESTRICTED);

@@ -97,6 +97,13 @@ impl Requests {
             a.store(STOPPED, Ordering::Release);
         }
     }
+
+    /// Whether vCPU `id` has stopped for good.
+    pub fn is_stopped(&self, id: u32) -> bool {
+        self.flushed
+            .get(id as usize)
+            .is_some_and(|a| a.load(Ordering::Acquire) == STOPPED)
+    }
 }
 
 #[cfg(test)]

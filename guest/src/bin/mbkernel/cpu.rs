@@ -539,3 +539,265 @@ pub fn check_pit_irq0(_: &Ctx, why: &mut Msg) -> bool {
     );
     true
 }
+
+// ---- SMP: APs started with INIT-SIPI-SIPI, IPIs between vCPUs, an NMI ----
+
+/// Where the real-mode start-up code is copied (below 1 MiB, page-aligned:
+/// SIPI vector 6), clear of the multiboot information at 0x9000.
+const TRAMPOLINE: u64 = 0x6000;
+/// Round trips of the IPI ping-pong.
+const PINGS: u64 = 10;
+const IPI_VECTOR: u8 = 0x50;
+/// At most this many vCPUs are checked.
+const MAX_CPUS: usize = 16;
+
+global_asm!(
+    r#"
+    .section .rodata.mbx_tramp, "a"
+    .code16
+    .global mbx_tramp_start, mbx_tramp_end
+mbx_tramp_start:                   /* runs at 0x6000: CS = 0x600, IP = 0 */
+    cli
+    cld
+    mov %cs, %ax
+    mov %ax, %ds
+    lgdtl (mbx_tramp_gdtr - mbx_tramp_start)
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl $0x18, $mbx_ap_pm32
+    .balign 8
+mbx_tramp_gdtr:
+    .word 4 * 8 - 1
+    .long mbx_ap_gdt
+mbx_tramp_end:
+
+    .section .text.mbx_ap, "ax"
+    .balign 8
+mbx_ap_gdt:                         /* the kernel's own layout */
+    .quad 0
+    .quad 0x00af9b000000ffff        /* 0x08: 64-bit code */
+    .quad 0x00cf93000000ffff        /* 0x10: flat data */
+    .quad 0x00cf9b000000ffff        /* 0x18: flat 32-bit code */
+    .code32
+mbx_ap_pm32:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov %cr4, %eax
+    or $0x20, %eax                  /* PAE */
+    mov %eax, %cr4
+    mov $mb_pml4, %eax
+    mov %eax, %cr3
+    mov $0xC0000080, %ecx           /* IA32_EFER.LME */
+    rdmsr
+    or $0x100, %eax
+    wrmsr
+    mov %cr0, %eax
+    and $0x9fffffff, %eax           /* caches on (CD, NW clear) */
+    or $0x80000001, %eax            /* PG, PE */
+    mov %eax, %cr0
+    ljmp $0x08, $mbx_ap_long
+    .code64
+mbx_ap_long:
+    mov $0x10, %ax
+    mov %ax, %ds
+    mov %ax, %es
+    mov %ax, %ss
+    mov $1, %eax
+    lock xadd %eax, mbx_ap_started(%rip)
+    inc %eax
+    shl $14, %eax                   /* 16 KiB of stack each */
+    lea mbx_ap_stacks(%rip), %rsp
+    add %rax, %rsp
+    call mbx_ap_main
+1:  cli
+    hlt
+    jmp 1b
+
+    .global mbx_ipi_isr, mbx_nmi_isr
+mbx_ipi_isr:                        /* counts per APIC ID, then EOI */
+    push %rax
+    push %rcx
+    mov $0xfee00020, %eax
+    mov (%rax), %ecx
+    shr $24, %ecx
+    and $15, %ecx
+    lea mbx_ipi_count(%rip), %rax
+    lock incq (%rax, %rcx, 8)
+    mov $0xfee000b0, %eax
+    movl $0, (%rax)
+    pop %rcx
+    pop %rax
+    iretq
+mbx_nmi_isr:
+    lock incq mbx_nmi_count(%rip)
+    iretq
+
+    .section .bss.mbx_ap, "aw", @nobits
+    .balign 4096
+mbx_ap_stacks: .skip 16384 * 17
+    .balign 8
+    .global mbx_ap_started, mbx_ipi_count, mbx_nmi_count
+mbx_ap_started: .skip 8
+mbx_ipi_count: .skip 8 * 16
+mbx_nmi_count: .skip 8
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static mbx_tramp_start: u8;
+    static mbx_tramp_end: u8;
+    fn mbx_ipi_isr();
+    fn mbx_nmi_isr();
+    static mbx_ap_started: u64;
+    static mbx_ipi_count: [u64; 16];
+    static mbx_nmi_count: u64;
+}
+
+fn ipis(apic_id: usize) -> u64 {
+    // SAFETY: counters the interrupt handler increments.
+    unsafe {
+        (&raw const mbx_ipi_count)
+            .cast::<u64>()
+            .add(apic_id)
+            .read_volatile()
+    }
+}
+
+fn started() -> u64 {
+    // SAFETY: incremented by each AP.
+    unsafe { (&raw const mbx_ap_started).read_volatile() }
+}
+
+fn nmis() -> u64 {
+    // SAFETY: incremented by the NMI handler.
+    unsafe { (&raw const mbx_nmi_count).read_volatile() }
+}
+
+/// Sends an IPI: ICR high (destination), then ICR low (which sends).
+fn send_ipi(dest: u32, low: u32) {
+    apic_write(0x310, dest << 24);
+    apic_write(0x300, low);
+}
+
+/// Sleeps until `done()` (at most `max` wake-ups, each an interrupt).
+fn sleep_until(max: u64, done: impl Fn() -> bool) -> bool {
+    for _ in 0..max {
+        if done() {
+            return true;
+        }
+        // SAFETY: sleeps until an interrupt.
+        unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
+    done()
+}
+
+/// An AP in 64-bit mode: this kernel's IDT, its APIC on, then it answers
+/// each ping from the BSP with a pong, and sleeps.
+#[unsafe(no_mangle)]
+extern "C" fn mbx_ap_main() {
+    // The BSP's IDT as it is (its gates for the IPI and NMI vectors).
+    let mut desc = [0u8; 10];
+    desc[..2].copy_from_slice(&(256u16 * 16 - 1).to_le_bytes());
+    desc[2..].copy_from_slice(&(&raw const super::mb_idt as u64).to_le_bytes());
+    // SAFETY: the kernel's IDT, filled in by the BSP before the SIPIs.
+    unsafe { asm!("lidt [{}]", in(reg) desc.as_ptr(), options(nostack)) };
+    apic_write(0xf0, 0x1ff);
+    let me = (apic_read(0x20) >> 24) as usize;
+    for k in 1..=PINGS {
+        if !sleep_until(1000, || ipis(me) >= k) {
+            break;
+        }
+        send_ipi(0, u32::from(IPI_VECTOR));
+    }
+    loop {
+        // SAFETY: sleeps with interrupts on; the VM's end stops it.
+        unsafe { asm!("sti", "hlt", options(nomem, nostack)) };
+    }
+}
+
+/// The guest starts its APs as an OS does (INIT, then two SIPIs at the
+/// trampoline's page, SDM 9.4.4.1), each reaches 64-bit mode through its own
+/// real-mode and protected-mode steps, the BSP and the first AP
+/// ping-pong fixed IPIs, and an NMI IPI reaches the AP's NMI handler.
+pub fn check_smp(_: &Ctx, why: &mut Msg) -> bool {
+    let cpus = usize::from(u16::from_le_bytes(super::fw_cfg::<2>(0x0005)));
+    if cpus < 2 {
+        say!("mbkernel: one vCPU: SMP not checked");
+        return true;
+    }
+    ensure!(
+        why,
+        cpus <= MAX_CPUS,
+        "{cpus} vCPUs: this check handles {MAX_CPUS}"
+    );
+    super::setup_idt();
+    set_gate(IPI_VECTOR, mbx_ipi_isr as *const () as u64);
+    set_gate(2, mbx_nmi_isr as *const () as u64);
+    apic_write(0xf0, 0x1ff);
+    // The trampoline, copied below 1 MiB.
+    let (start, end) = (
+        &raw const mbx_tramp_start as usize,
+        &raw const mbx_tramp_end as usize,
+    );
+    // SAFETY: low RAM the memory map gives as usable, unused by this
+    // kernel; the source is the kernel's read-only data.
+    unsafe {
+        core::ptr::copy_nonoverlapping(start as *const u8, TRAMPOLINE as *mut u8, end - start)
+    };
+    // INIT, SIPI, SIPI to all but self (SDM 11.6.1: level assert, then
+    // start-up with the vector = the page number).
+    send_ipi(0, 0x000c_4500);
+    let vector = (TRAMPOLINE >> 12) as u32;
+    send_ipi(0, 0x000c_4600 | vector);
+    send_ipi(0, 0x000c_4600 | vector);
+    let want = (cpus - 1) as u64;
+    let mut spins = 0u64;
+    while started() < want && spins < 50_000_000 {
+        core::hint::spin_loop();
+        spins += 1;
+    }
+    say!("mbkernel: {} of {want} APs in 64-bit mode", started());
+    ensure!(
+        why,
+        started() == want,
+        "{} of {want} APs started",
+        started()
+    );
+    // Ping-pong with APIC 1.
+    for k in 1..=PINGS {
+        send_ipi(1, u32::from(IPI_VECTOR));
+        ensure!(
+            why,
+            sleep_until(1000, || ipis(0) >= k),
+            "pong {k} never came ({} pongs, AP saw {} pings)",
+            ipis(0),
+            ipis(1)
+        );
+    }
+    // An NMI IPI to APIC 1 (delivery mode 100b).
+    send_ipi(1, 0x0000_4400);
+    let mut spins = 0u64;
+    while nmis() == 0 && spins < 50_000_000 {
+        core::hint::spin_loop();
+        spins += 1;
+    }
+    say!(
+        "mbkernel: {PINGS} IPI round trips with APIC 1 ({} pings, {} pongs), {} NMI",
+        ipis(1),
+        ipis(0),
+        nmis()
+    );
+    ensure!(
+        why,
+        ipis(1) == PINGS && ipis(0) == PINGS,
+        "pings {} pongs {}",
+        ipis(1),
+        ipis(0)
+    );
+    ensure!(why, nmis() == 1, "{} NMIs reached APIC 1", nmis());
+    true
+}

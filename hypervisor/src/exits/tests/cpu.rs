@@ -484,3 +484,20 @@ fn hlt_sleeps_in_the_hlt_activity_state() {
         "the STI shadow ended with HLT"
     );
 }
+
+/// A vCPU started by SIPI has real mode's 16-bit busy TSS in TR; entering
+/// IA-32e mode makes it a 64-bit busy TSS, as VM entry requires there.
+#[test]
+fn entering_ia32e_mode_fixes_up_a_16_bit_tss() {
+    let (vm, _) = vm();
+    let mut v = vcpu(vm, 0, mov_to_cr(0, 0));
+    protected_mode(&mut v, EFER_LME);
+    v.vmcs
+        .write_nat(VmcsNatural::Cr4ReadShadow, CR4_PAE)
+        .unwrap();
+    v.vmcs.write32(Vmcs32::GuestTrAccessRights, 0x83).unwrap();
+    v.regs.rax = CR0_PE | CR0_PG;
+    resumes(dispatch(&mut v, ExitReason::CrAccess));
+    completed(&v);
+    assert_eq!(v.vmcs.read32(Vmcs32::GuestTrAccessRights).unwrap(), 0x8b);
+}
