@@ -266,16 +266,7 @@ pub fn delete_slot<M: EptMemory>(
     id: u16,
     flush: impl FnOnce(),
 ) -> Result<OldSlot, UpdateError> {
-    let old = live.update(|s| {
-        let old = s
-            .get_by_id(id)
-            .map(OldSlot::of)
-            .ok_or(SlotError::NoSuchSlot(id))?;
-        s.remove(id)?;
-        Ok(old)
-    })?;
-    zap(ept, &old, flush)?;
-    Ok(old)
+    retire(live, ept, id, |s| s.remove(id), flush)
 }
 
 /// Moves a slot while vCPUs run (`KVM_MR_MOVE`): same host frames, new
@@ -288,12 +279,24 @@ pub fn move_slot<M: EptMemory>(
     guest_phys: u64,
     flush: impl FnOnce(),
 ) -> Result<OldSlot, UpdateError> {
+    retire(live, ept, id, |s| s.move_slot(id, guest_phys), flush)
+}
+
+/// Applies `change` to slot `id` (which takes it away from its old gfns),
+/// then zaps and flushes the old range: the common part of delete and move.
+fn retire<M: EptMemory>(
+    live: &LiveSlots,
+    ept: &Ept<M>,
+    id: u16,
+    change: impl FnOnce(&mut Memslots) -> Result<(), SlotError>,
+    flush: impl FnOnce(),
+) -> Result<OldSlot, UpdateError> {
     let old = live.update(|s| {
         let old = s
             .get_by_id(id)
             .map(OldSlot::of)
             .ok_or(SlotError::NoSuchSlot(id))?;
-        s.move_slot(id, guest_phys)?;
+        change(s)?;
         Ok(old)
     })?;
     zap(ept, &old, flush)?;
