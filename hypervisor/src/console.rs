@@ -11,7 +11,13 @@ use uart_16550::SerialPort;
 use x86_64::instructions::port::Port;
 
 const COM1: u16 = 0x3f8;
+const LSR_DATA_READY: u8 = 0x01;
 const LSR_TRANSMITTER_EMPTY: u8 = 0x40;
+
+/// Whether the last byte the serial console sent ended a line: the
+/// hypervisor's own lines start on a fresh one even when the guest's output
+/// stopped mid-line (a prompt).
+static AT_LINE_START: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(true);
 
 static SERIAL: Mutex<Option<SerialPort>> = Mutex::new(None);
 static SCREEN: Mutex<Option<Screen>> = Mutex::new(None);
@@ -30,6 +36,11 @@ pub fn init(framebuffer: Option<FrameBuffer>, core_index: fn() -> usize) {
     // SAFETY: 0x3f8 is the standard COM1 base; nothing else drives it.
     let mut port = unsafe { SerialPort::new(COM1) };
     port.init();
+    // Input is polled (`read_byte`): no receive interrupt on the host.
+    let mut ier: Port<u8> = Port::new(COM1 + 1);
+    // SAFETY: COM1's IER with DLAB clear (as `init` leaves it); 0 disables
+    // the UART's interrupts, which nothing on the host handles.
+    unsafe { ier.write(0) };
     *SERIAL.lock() = Some(port);
     if let Some(fb) = framebuffer {
         *SCREEN.lock() = Screen::new(fb);
@@ -38,16 +49,53 @@ pub fn init(framebuffer: Option<FrameBuffer>, core_index: fn() -> usize) {
     log::set_max_level(log::LevelFilter::Info);
 }
 
-/// Writes text to every console, without a log prefix.
+/// Writes text to every console, without a log prefix, on a line of its
+/// own.
 pub fn write_fmt(args: fmt::Arguments) {
+    use core::sync::atomic::Ordering;
     x86_64::instructions::interrupts::without_interrupts(|| {
         if let Some(s) = SERIAL.lock().as_mut() {
+            if !AT_LINE_START.swap(true, Ordering::Relaxed) {
+                s.send(b'\n');
+            }
             let _ = s.write_fmt(args);
         }
         if let Some(s) = SCREEN.lock().as_mut() {
             let _ = s.write_fmt(args);
         }
     });
+}
+
+/// Writes the guest's serial output to every console as it is: the console
+/// is the guest's terminal.
+pub fn write_guest(bytes: &[u8]) {
+    use core::sync::atomic::Ordering;
+    let Some(&last) = bytes.last() else { return };
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(s) = SERIAL.lock().as_mut() {
+            // `send_raw`: no '\n' to "\r\n" translation; the guest chose.
+            bytes.iter().for_each(|&b| s.send_raw(b));
+            AT_LINE_START.store(last == b'\n', Ordering::Relaxed);
+        }
+        if let Some(s) = SCREEN.lock().as_mut() {
+            bytes.iter().for_each(|&b| s.put(char::from(b)));
+        }
+    });
+}
+
+/// A character typed at the serial console, if one has arrived (the UART's
+/// data-ready bit). The emulator or terminal on the other end holds further
+/// characters until this one is read, so reading only when the guest has
+/// room loses nothing.
+pub fn read_byte() -> Option<u8> {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _guard = SERIAL.lock();
+        let mut lsr: Port<u8> = Port::new(COM1 + 5);
+        let mut rbr: Port<u8> = Port::new(COM1);
+        // SAFETY: LSR and RBR of COM1, which only this module drives (under
+        // the lock held); reading RBR takes the character, as intended.
+        unsafe { (lsr.read() & LSR_DATA_READY != 0).then(|| rbr.read()) }
+    })
 }
 
 /// Waits until the UART has sent every byte, so that nothing is lost when the

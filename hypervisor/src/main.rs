@@ -201,11 +201,14 @@ mod kernel {
             );
             return Err("not enough cores");
         }
+        // The guest's TSC rate (CPUID or calibrated), which CPUID reports.
+        let clock = arch::TscClock::new();
         let provided = Provided {
             rdtscp: controls
                 .secondary()
                 .contains(SecondaryProcBased::ENABLE_RDTSCP),
             gb_pages: true,
+            tsc_hz: clock.hz(),
         };
         let parts = VmParts {
             config,
@@ -216,7 +219,7 @@ mod kernel {
             workload: dirty.then_some(&dirtylog::WORKLOAD as _),
             cpuid: CpuidPolicy::new(arch::cpuid, vcpus, provided),
             kick: &kick_vcpu,
-            clock: alloc::sync::Arc::new(arch::TscClock::new()),
+            clock: alloc::sync::Arc::new(clock),
         };
         let vm = VM.try_call_once(|| {
             let image = if kernel_run {
@@ -274,7 +277,8 @@ mod kernel {
         Ok(ok)
     }
 
-    /// Guest output goes to the console, each line prefixed by its vCPU.
+    /// Guest output goes to the console: hypercall lines prefixed by their
+    /// vCPU, the UART's bytes as they are (the console is its terminal).
     struct Console;
 
     impl GuestOutput for Console {
@@ -284,13 +288,11 @@ mod kernel {
                 None => println!("{text}"),
             }
         }
-        fn serial_line(&self, text: &str) {
-            // The UART does not know its writer: name the vCPU of this core.
-            let core = smp::current_index();
-            match core.checked_sub(CONTROLLER.load(Ordering::Acquire) as usize) {
-                Some(id) => println!("[vcpu{id}] {text}"),
-                None => println!("[com1] {text}"),
-            }
+        fn serial_write(&self, bytes: &[u8]) {
+            console::write_guest(bytes);
+        }
+        fn serial_read(&self) -> Option<u8> {
+            console::read_byte()
         }
     }
 

@@ -117,8 +117,9 @@ fn timer_controls(vm: &Vm<KernelMemory>) -> (crate::vmx::controls::Controls, u64
 
 /// Starts the VMX-preemption timer for the next entry: at the vCPU's next
 /// timer deadline or what is left of the watchdog time, whichever is
-/// nearer (in TSC ticks, shifted by IA32_VMX_MISC bits 4:0).
-fn arm_timer(v: &mut KernelVcpu) -> Result<(), Stop> {
+/// nearer, or the console's next poll (`console`, ns) if sooner (in TSC
+/// ticks, shifted by IA32_VMX_MISC bits 4:0).
+fn arm_timer(v: &mut KernelVcpu, console: Option<u64>) -> Result<(), Stop> {
     use crate::vmx::controls::PinBased;
     let vm = v.vm;
     if vm.controls.pin & PinBased::PREEMPTION_TIMER.bits() == 0 {
@@ -130,8 +131,12 @@ fn arm_timer(v: &mut KernelVcpu) -> Result<(), Stop> {
         let quiet = arch::rdtsc().wrapping_sub(v.last_progress);
         ticks = v.watchdog_tsc.saturating_sub(quiet).max(1);
     }
-    if let Some(deadline) = vm.irq.next_deadline_ns(v.id) {
-        let now = vm.clock.now_ns();
+    let now = vm.clock.now_ns();
+    let deadline = match (vm.irq.next_deadline_ns(v.id), console) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(deadline) = deadline {
         let ns = deadline.saturating_sub(now);
         ticks = ticks.min((u128::from(ns) * u128::from(hz) / 1_000_000_000) as u64);
     }
@@ -249,8 +254,15 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
             v.vmcs.write32(Vmcs32::GuestActivityState, 0)?;
             v.vmcs.write32(Vmcs32::GuestInterruptibilityState, 0)?;
         }
+        // vCPU 0 polls the console while the guest listens to COM1, before
+        // the events are delivered: typed input raises IRQ 4 in time.
+        let console = if v.id == 0 {
+            vm.poll_console(vm.clock.now_ns())
+        } else {
+            None
+        };
         v.deliver_events()?;
-        arm_timer(v)?;
+        arm_timer(v, console)?;
         // SAFETY: the VMCS is current and fully written; `regs` lives across
         // the call.
         let rc = unsafe { vmx_enter(&mut v.regs, launched) };

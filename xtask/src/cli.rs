@@ -266,9 +266,31 @@ pub struct RunArgs {
     /// Print the run's SUMMARY object on stdout instead of streaming the log
     #[arg(long)]
     pub json: bool,
+    /// Type this file into the guest's COM1 (instead of the terminal, which
+    /// is otherwise the guest's console when stdin is one)
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// With --input: wait until the serial log shows TEXT before typing
+    #[arg(long, value_name = "TEXT", requires = "input")]
+    pub input_after: Option<String>,
 }
 
 impl RunArgs {
+    /// What is typed into COM1: the --input file, else the terminal (not
+    /// with --json, whose stdout is the summary).
+    pub fn input(&self) -> Result<crate::console::Input> {
+        use crate::console::Input;
+        Ok(match &self.input {
+            Some(path) => Input::Script {
+                bytes: std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("--input {}: {e}", path.display()))?,
+                after: self.input_after.clone(),
+            },
+            None if self.json => Input::None,
+            None => Input::Terminal,
+        })
+    }
+
     /// Every check that takes more than one option; the backend resolved.
     pub fn check(&self) -> Result<(Backend, GuestSpec)> {
         let backend = self.backend.resolve();

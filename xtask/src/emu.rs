@@ -1,11 +1,14 @@
 //! Booting an image in an emulator (Bochs, QEMU TCG, QEMU with KVM), with the
 //! serial log streamed to the terminal and kept in a file, and a timeout.
 //!
-//! Every backend writes COM1 to a file that we tail: one mechanism for all.
+//! Every backend connects COM1 to a socket of ours (`console`): its output
+//! goes to a file that we tail, its input comes from the terminal or a
+//! script. One mechanism for all.
 //! The run is judged from the log's last `HV RESULT:` line, never from the
 //! emulator's exit code (Bochs' means nothing).
 
 use crate::artifacts::Firmware;
+use crate::console::{self, Input, Key, SerialLine};
 use crate::setup;
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -79,6 +82,8 @@ pub struct RunSpec {
     pub dir: PathBuf,
     /// Copy the serial log to stdout as it comes.
     pub stream: bool,
+    /// What is typed into COM1.
+    pub input: Input,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +94,8 @@ pub enum Verdict {
     Timeout,
     /// The emulator ended without a result line.
     NoResult,
+    /// Ended at the console (`Ctrl-A x`) before a result.
+    Quit,
 }
 
 pub struct Outcome {
@@ -213,7 +220,7 @@ pub fn needs(backend: Backend, firmware: Firmware) -> Vec<&'static [setup::Need]
     }
 }
 
-fn bochs_command(spec: &RunSpec, image: &Path, log: &Path) -> Result<Command> {
+fn bochs_command(spec: &RunSpec, image: &Path, serial_port: u16) -> Result<Command> {
     // UEFI under Bochs was refused with the options (cmd_run).
     let model = spec.cpu_model.as_deref().unwrap_or(BOCHS_DEFAULT_MODEL);
     // 1 MiB-aligned, at least what the bootloader and hypervisor need.
@@ -225,7 +232,7 @@ fn bochs_command(spec: &RunSpec, image: &Path, log: &Path) -> Result<Command> {
          ata0-master: type=disk, path=\"{img}\", mode=flat\n\
          boot: disk\n\
          display_library: sdl2\n\
-         com1: enabled=1, mode=file, dev=\"{log}\"\n\
+         com1: enabled=1, mode=socket-client, dev=127.0.0.1:{serial_port}\n\
          clock: sync=none, time0=local\n\
          log: \"{blog}\"\n\
          panic: action=fatal\n\
@@ -235,7 +242,6 @@ fn bochs_command(spec: &RunSpec, image: &Path, log: &Path) -> Result<Command> {
         mem = spec.mem_mib,
         cpus = spec.cpus,
         img = image.display(),
-        log = log.display(),
         blog = spec.dir.join("bochs.log").display(),
     );
     let rc_path = spec.dir.join("bochsrc");
@@ -256,7 +262,7 @@ fn bochs_command(spec: &RunSpec, image: &Path, log: &Path) -> Result<Command> {
     Ok(c)
 }
 
-fn qemu_command(spec: &RunSpec, image: &Path, log: &Path) -> Result<Command> {
+fn qemu_command(spec: &RunSpec, image: &Path, serial_port: u16) -> Result<Command> {
     let mut c = Command::new("qemu-system-x86_64");
     c.args(["-display", "none", "-no-reboot", "-monitor", "none"]);
     c.args([
@@ -265,7 +271,7 @@ fn qemu_command(spec: &RunSpec, image: &Path, log: &Path) -> Result<Command> {
         "-smp",
         &spec.cpus.to_string(),
     ]);
-    c.arg("-serial").arg(format!("file:{}", log.display()));
+    c.arg("-serial").arg(format!("tcp:127.0.0.1:{serial_port}"));
     c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
     match spec.backend {
         Backend::QemuKvm => {
@@ -319,9 +325,10 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
     // A Bochs that refuses its configuration writes no log: an old one
     // must not speak for it.
     let _ = std::fs::remove_file(spec.dir.join("bochs.log"));
+    let mut line = SerialLine::open(&log_path)?;
     let mut cmd = match spec.backend {
-        Backend::Bochs => bochs_command(spec, &image, &log_path)?,
-        Backend::Qemu | Backend::QemuKvm => qemu_command(spec, &image, &log_path)?,
+        Backend::Bochs => bochs_command(spec, &image, line.port())?,
+        Backend::Qemu | Backend::QemuKvm => qemu_command(spec, &image, line.port())?,
     };
     let out = std::fs::File::create(spec.dir.join("emulator.out"))?;
     cmd.stdin(Stdio::null())
@@ -331,6 +338,23 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {}", spec.backend))?;
+    // The terminal: raw while the run lasts, keys read on a thread.
+    let (_raw, keys) = match spec.input {
+        Input::Terminal => match console::RawTerminal::enter() {
+            Some(raw) => {
+                eprintln!("xtask: the console is interactive; Ctrl-A x ends the run");
+                (Some(raw), Some(console::read_terminal()))
+            }
+            None => (None, None),
+        },
+        _ => (None, None),
+    };
+    let mut script = match &spec.input {
+        Input::Script { bytes, after } => Some((bytes.clone(), after.clone())),
+        _ => None,
+    };
+    let mut typed: Vec<u8> = Vec::new();
+    let mut quit = false;
 
     let mut log_file = std::fs::File::open(&log_path)?;
     let mut log = Vec::new();
@@ -355,6 +379,31 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
         if child.try_wait()?.is_some() {
             break;
         }
+        // A script goes in once its line is in the log.
+        if let Some((bytes, after)) = &script {
+            let ready = after
+                .as_ref()
+                .is_none_or(|a| String::from_utf8_lossy(&log).contains(a.as_str()));
+            if ready && line.send(bytes)? {
+                script = None;
+            }
+        }
+        if let Some(k) = &keys {
+            while let Ok(key) = k.try_recv() {
+                match key {
+                    Key::Send(b) => typed.extend_from_slice(&b),
+                    Key::Quit => quit = true,
+                }
+            }
+            if !typed.is_empty() && line.send(&typed)? {
+                typed.clear();
+            }
+        }
+        if quit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
         if result_seen.is_none() && verdict_of(&String::from_utf8_lossy(&log)).is_some() {
             result_seen = Some(Instant::now());
         }
@@ -371,11 +420,13 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    line.close();
     pump(&mut log)?;
     let log = String::from_utf8_lossy(&log).into_owned();
     let verdict = match verdict_of(&log) {
         Some(v) => v,
         None if timed_out => Verdict::Timeout,
+        None if quit => Verdict::Quit,
         None => Verdict::NoResult,
     };
     Ok(Outcome {

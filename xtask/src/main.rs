@@ -18,6 +18,7 @@ mod bench_dirty;
 mod bench_fault;
 mod checks;
 mod cli;
+mod console;
 mod emu;
 mod nospec;
 mod setup;
@@ -107,6 +108,7 @@ fn cmd_run(a: &RunArgs) -> Result<i32> {
         mem_mib: g.machine_mib(),
         dir,
         stream: !a.json,
+        input: a.input()?,
     };
     let out = emu::run(&spec)?;
     if a.json {
@@ -153,6 +155,10 @@ fn cmd_run(a: &RunArgs) -> Result<i32> {
                 out.no_result_text(&spec.dir)
             );
             Ok(3)
+        }
+        Verdict::Quit => {
+            eprintln!("\nxtask: run ended at the console (Ctrl-A x) after {secs:.1} s; log: {log}");
+            Ok(0)
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::artifacts::{self, Firmware};
 use crate::cli::TestArgs;
+use crate::console::Input;
 use crate::emu::{self, Backend, RunSpec, Verdict};
 use crate::spec::{GuestSpec, KernelSpec, KERNEL_DEFAULT_MIB};
 use crate::summary::summary_of;
@@ -38,6 +39,8 @@ pub struct Case {
     /// A kernel run: where the kernel file comes from (`guest` is then a
     /// kernel spec whose files are made before the image).
     pub kernel: Option<TestKernel>,
+    /// What is typed into COM1.
+    pub input: Input,
 }
 
 /// The kernel file of a kernel-run case.
@@ -53,6 +56,13 @@ pub enum TestKernel {
     /// A file made by this function (the negative cases).
     Bytes(fn() -> Vec<u8>),
 }
+
+/// What the multiboot kernel tests type at the console, once the kernel
+/// says it is ready, and the echoes they expect.
+const ECHO_INPUT: &str = "hello, uart\nline 2: 0123456789 abcdefghijklmnopqrstuvwxyz ~!@#$%^&*()\n";
+const ECHO_READY: &str = "mbkernel: uart input ready";
+const ECHO_1: &str = "mbkernel: echo \"hello, uart\"";
+const ECHO_2: &str = "mbkernel: echo \"line 2: 0123456789 abcdefghijklmnopqrstuvwxyz ~!@#$%^&*()\"";
 
 /// The `--initrd` of kernel tests: 5000 bytes that are not all alike.
 pub fn test_initrd() -> Vec<u8> {
@@ -329,6 +339,26 @@ fn dirty_concurrent_check(log: &str) -> Result<(), String> {
 }
 
 /// The memslot stress test: 4 vCPUs, and the concurrent run's exactness.
+/// Most HLT exits one vCPU of the multiboot kernel may take: it sleeps
+/// through its idle time (tens of exits, one per wake-up), where a HLT that
+/// returned at once would take hundreds of thousands.
+const MAX_HLT_EXITS: u64 = 100;
+
+/// Every vCPU of the run slept in HLT rather than spun through it.
+fn hlt_sleeps(log: &str) -> Result<(), String> {
+    let s = summary(log)?;
+    for v in &s.vcpu {
+        let hlt = v.exits.get("HLT").copied().unwrap_or(0);
+        if hlt > MAX_HLT_EXITS {
+            return Err(format!(
+                "vCPU {} took {hlt} HLT exits (at most {MAX_HLT_EXITS}): HLT does not sleep",
+                v.id
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn memslot_stress_check(log: &str) -> Result<(), String> {
     exact_with_vcpus(log, 4)
 }
@@ -387,6 +417,7 @@ impl Case {
             absent: strings(&["PANIC", "EXCEPTION"]),
             check: None,
             kernel: None,
+            input: Input::None,
         }
     }
 
@@ -425,6 +456,15 @@ impl Case {
         self
     }
 
+    /// Types `text` into COM1 once the log shows `after`.
+    fn input(mut self, text: &str, after: &str) -> Case {
+        self.input = Input::Script {
+            bytes: text.as_bytes().to_vec(),
+            after: Some(after.to_string()),
+        };
+        self
+    }
+
     fn cpus(mut self, n: u32) -> Case {
         self.cpus = n;
         self.timeout = 600;
@@ -444,7 +484,7 @@ pub fn cases() -> Vec<Case> {
         .contains(&[
             "IA32_VMX_BASIC",
             "VMXON ok",
-            "[vcpu0] hello from the guest",
+            "hello from the guest",
             "signature \"RustHyperVMX\"",
             "vcpu0: guest reports PASS",
             "VMXOFF ok",
@@ -591,21 +631,23 @@ pub fn cases() -> Vec<Case> {
     );
     // The project's multiboot kernel on the three CPU models. It ends by
     // writing its result to isa-debug-exit (port 0xF4): 0 ends the run
-    // with success.
+    // with success. Two lines are typed at its console (COM1, by
+    // interrupt) and echoed.
     for model in ["corei7_skylake_x", "tigerlake", "corei7_haswell_4770"] {
         let mut c = Case::kernel(
             &format!("bochs-{model}-multiboot"),
             "mbkernel",
             TestKernel::Built {
                 program: "mbkernel",
-                append: "some words",
+                append: "some words echo_lines=2",
             },
             Success,
         )
+        .input(ECHO_INPUT, ECHO_READY)
         .contains(&[
             "multiboot: kernel at [0x100000,",
-            "[vcpu0] mbkernel: in 64-bit mode",
-            "mbkernel: cmdline \"mbkernel some words expect_mem=128 initrd_len=5000 initrd_sum=0x",
+            "mbkernel: in 64-bit mode",
+            "mbkernel: cmdline \"mbkernel some words echo_lines=2 expect_mem=128 initrd_len=5000 initrd_sum=0x",
             "mbkernel: module 0 [",
             "mbkernel: ok entry",
             "mbkernel: ok module",
@@ -618,14 +660,22 @@ pub fn cases() -> Vec<Case> {
             "mbkernel: ok msrs",
             "mbkernel: ok lapic",
             "mbkernel: ok pci",
+            "mbkernel: CPUID 0x15: TSC ",
             "mbkernel: ok apictimer",
             "mbkernel: ok pit",
+            ECHO_1,
+            ECHO_2,
+            "mbkernel: UART input: 2 lines, 70 bytes,",
+            "mbkernel: ok uartirq",
+            "mbkernel: 70 self-IPIs sent by MMIO writes, each delivered once",
+            "mbkernel: ok mmioirq",
             "mbkernel: one vCPU: SMP not checked",
             "mbkernel: ok smp",
             "mbkernel: ok modeswitch",
-            "mbkernel: RESULT PASS (18 checks)",
+            "mbkernel: RESULT PASS (20 checks)",
         ])
-        .absent(&["mbkernel: FAIL", "mbkernel: skip", "VM entry failed"]);
+        .absent(&["mbkernel: FAIL", "mbkernel: skip", "VM entry failed"])
+        .check(hlt_sleeps);
         c.cpu_model = Some(model);
         v.push(c);
     }
@@ -641,21 +691,27 @@ pub fn cases() -> Vec<Case> {
                 TestKernel::Built {
                     program: "mbkernel",
                     append: if cpus == 2 {
-                        "smp expect_cpus=2"
+                        "smp expect_cpus=2 echo_lines=2"
                     } else {
-                        "smp expect_cpus=4"
+                        "smp expect_cpus=4 echo_lines=2"
                     },
                 },
                 Success,
             )
             .cpus(cpus)
+            .input(ECHO_INPUT, ECHO_READY)
             .contains(&[
                 "mbkernel: ok fwcfg",
+                ECHO_1,
+                ECHO_2,
+                "mbkernel: ok uartirq",
+                "mbkernel: ok mmioirq",
                 "APs in 64-bit mode",
                 "mbkernel: 10 IPI round trips with APIC 1 (10 pings, 10 pongs), 1 NMI",
                 "mbkernel: ok smp",
-                "mbkernel: RESULT PASS (18 checks)",
+                "mbkernel: RESULT PASS (20 checks)",
             ])
+            .check(hlt_sleeps)
             .absent(&["mbkernel: FAIL", "VM entry failed", "CONTAINED"]),
         );
     }
@@ -669,7 +725,7 @@ pub fn cases() -> Vec<Case> {
         )
         .contains(&[
             "multiboot: kernel at [0x200000, 0x200200), entry 0x200000",
-            "[vcpu0] elf32 multiboot ok",
+            "elf32 multiboot ok",
             "HLT with interrupts disabled",
         ])
         .absent(&["bad magic"]),
@@ -863,6 +919,7 @@ pub fn cmd_test(a: &TestArgs) -> Result<i32> {
                     mem_mib: g.machine_mib(),
                     dir: base.join(&c.name),
                     stream: false,
+                    input: c.input.clone(),
                 };
                 let problems = match emu::run(&spec) {
                     Ok(out) => {
@@ -972,6 +1029,18 @@ mod unit {
         assert!(memtouch_check("no summary here").is_err());
         let e = memtouch_check("SUMMARY {\"guest\":\"memtouch\"}").unwrap_err();
         assert!(e.contains("missing field"), "{e}");
+    }
+
+    #[test]
+    fn a_vcpu_spinning_through_hlt_fails_the_sleep_check() {
+        let mut idle = vcpu(1, 3, 3, 0);
+        idle.exits.insert("HLT".into(), 12);
+        let good = run(4, 4, vec![vcpu(0, 4, 4, 0), idle.clone()]);
+        assert_eq!(hlt_sleeps(&log_with(&good)), Ok(()));
+        idle.exits.insert("HLT".into(), 250_000);
+        let spun = run(4, 4, vec![vcpu(0, 4, 4, 0), idle]);
+        let e = hlt_sleeps(&log_with(&spun)).unwrap_err();
+        assert!(e.contains("vCPU 1 took 250000 HLT exits"), "{e}");
     }
 
     #[test]

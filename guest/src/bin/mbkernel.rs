@@ -24,6 +24,8 @@
 //! - `expect_mem=MIB`: RAM the machine has (checks mem_upper, the memory map);
 //! - `initrd_len=N initrd_sum=0xHEX`: module 0 must be N bytes with this
 //!   FNV-1a 32-bit hash;
+//! - `echo_lines=N`: N lines will be typed at the console once it says
+//!   `mbkernel: uart input ready`; each is echoed (`uartirq`);
 //! - `skip=NAME,NAME`: checks not to run (printed as `skip NAME`).
 //!
 //! Add a check: write `fn check_x(c: &Ctx, why: &mut Msg) -> bool` and list
@@ -944,6 +946,9 @@ fn expect((name, f, stack, vector, error, rip, cr2): Expect, why: &mut Msg) -> b
 /// APIC's registers, PCI absent.
 #[path = "mbkernel/cpu.rs"]
 mod cpu;
+/// UART interrupts and input, an interrupt raised by an MMIO access.
+#[path = "mbkernel/irqio.rs"]
+mod irqio;
 
 // ---- QEMU's fw_cfg (docs/specs/fw_cfg.rst in QEMU) ----
 
@@ -1027,6 +1032,8 @@ const CHECKS: &[(&str, Check)] = &[
     ("pci", cpu::check_pci_absent),
     ("apictimer", cpu::check_apic_timer),
     ("pit", cpu::check_pit_irq0),
+    ("uartirq", irqio::check_uart_irq),
+    ("mmioirq", irqio::check_mmio_irq),
     ("smp", cpu::check_smp),
     ("modeswitch", check_mode_roundtrip),
 ];

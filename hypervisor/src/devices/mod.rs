@@ -15,7 +15,7 @@
 //!   behind it is someone else's business).
 //! - [`scratch`]: a page of read/write memory, for the MMIO emulation tests.
 //! - [`serial`]: a 16550A UART ([`Serial`]) that hands its output to a
-//!   [`SerialSink`] a line at a time.
+//!   [`Terminal`] a line at a time.
 //! - The rest of QEMU's `pc` machine, each per its datasheet: [`pic`] (8259A
 //!   pair and ELCR), [`lapic`] (xAPIC registers, IA32_APIC_BASE),
 //!   [`fw_cfg`], [`debug_exit`] (isa-debug-exit), [`pm_timer`] (ACPI PM
@@ -44,7 +44,7 @@ pub mod scratch;
 pub mod serial;
 
 pub use bus::{Bus, BusError, BusKind, BusRange, DeviceHandle, Mmio, MmioBus, Pio, PioBus};
-pub use serial::{Serial, SerialSink};
+pub use serial::{Serial, Terminal};
 
 use alloc::sync::Arc;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};

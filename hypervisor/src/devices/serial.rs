@@ -15,8 +15,13 @@
 //!   again (a new THR-empty event): on the [`IrqLine`] this is a falling then
 //!   a rising edge, which is what an edge-triggered PIC needs to see.
 //! - Transmitted characters (except in loopback) go to a line buffer and from
-//!   there to a [`SerialSink`], one line at a time (see [`Serial::flush`]).
-//! - Received characters come from [`Serial::push_input`]. There is no
+//!   there to the [`Terminal`], one line at a time (see [`Serial::flush`]).
+//! - Received characters come from the [`Terminal`], pulled whenever the
+//!   guest reads RBR, LSR or IIR and when [`Serial::poll_input`] is called
+//!   (the host's periodic poll while the guest waits for the received-data
+//!   interrupt), and only while the receiver has room: nothing the terminal
+//!   holds is lost to an overrun. [`Serial::push_input`] feeds characters
+//!   directly (tests). There is no
 //!   notion of time: the character-timeout interrupt (IIR = `0xCC`) is
 //!   pending whenever the FIFO holds data below its trigger level, as if the
 //!   four character times had already passed.
@@ -41,12 +46,19 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 
-/// Where the UART's output goes, one line at a time.
-pub trait SerialSink: Send {
-    /// A complete line of output, without its `'\n'` and with every `'\r'`
-    /// removed; or a piece of a line too long for the line buffer, or a
-    /// partial line handed over by [`Serial::flush`].
-    fn line(&mut self, text: &[u8]);
+/// What is at the other end of the UART's line: where its output goes and
+/// where its input comes from.
+pub trait Terminal: Send {
+    /// Output as the guest wrote it (`'\r'` kept): a line with its `'\n'`,
+    /// a piece of a line too long for the line buffer, or a partial line
+    /// handed over by [`Serial::flush`].
+    fn write(&mut self, bytes: &[u8]);
+    /// The next character typed at the terminal, if one is waiting. The
+    /// UART asks only when its receiver has room, so a terminal that holds
+    /// its characters until asked loses none.
+    fn read(&mut self) -> Option<u8> {
+        None
+    }
 }
 
 /// Number of ports the UART decodes.
@@ -56,7 +68,7 @@ pub const PORT_COUNT: u64 = 8;
 /// register).
 pub const FIFO_SIZE: usize = 16;
 
-/// Size of the output line buffer: a longer line is handed to the sink in
+/// Size of the output line buffer: a longer line is handed to the terminal in
 /// pieces of this many bytes.
 pub const LINE_MAX: usize = 160;
 
@@ -209,15 +221,14 @@ pub struct Serial {
     irq: Option<Arc<dyn IrqLine>>,
     /// Level the IRQ line was last driven to.
     irq_level: bool,
-    sink: Box<dyn SerialSink>,
+    term: Box<dyn Terminal>,
     line: [u8; LINE_MAX],
     line_len: usize,
 }
 
 impl Serial {
-    /// A UART after reset, writing its output lines to `sink`, with no IRQ
-    /// line attached.
-    pub fn new(sink: Box<dyn SerialSink>) -> Self {
+    /// A UART after reset, connected to `term`, with no IRQ line attached.
+    pub fn new(term: Box<dyn Terminal>) -> Self {
         let mut s = Self {
             ier: 0,
             fcr: 0,
@@ -233,7 +244,7 @@ impl Serial {
             thre_latch: false,
             irq: None,
             irq_level: false,
-            sink,
+            term,
             line: [0; LINE_MAX],
             line_len: 0,
         };
@@ -291,7 +302,38 @@ impl Serial {
         }
     }
 
-    /// Hand the partial output line, if any, to the sink.
+    /// Pull what the terminal has typed into the receiver, as far as it has
+    /// room, and raise the received-data interrupt if it is enabled. Called
+    /// on every guest read of RBR, LSR and IIR, and by the host's poll.
+    pub fn poll_input(&mut self) {
+        if self.loopback() {
+            return;
+        }
+        let before = self.rx.len();
+        while self.rx.len() < self.rx_capacity() {
+            match self.term.read() {
+                Some(b) => self.rx.push_back(b),
+                None => break,
+            }
+        }
+        if self.rx.len() != before {
+            self.update_irq();
+        }
+    }
+
+    /// Whether the guest waits for input by interrupt: the received-data
+    /// interrupt is enabled and can reach the IRQ line (OUT2, not loopback)
+    /// and the receiver has room. The host polls the terminal
+    /// ([`poll_input`](Self::poll_input)) only then, since nothing else
+    /// would pull the characters in.
+    pub fn listening(&self) -> bool {
+        self.ier & ier::ERBFI != 0
+            && self.mcr & mcr::OUT2 != 0
+            && !self.loopback()
+            && self.rx.len() < self.rx_capacity()
+    }
+
+    /// Hand the partial output line, if any, to the terminal.
     pub fn flush(&mut self) {
         if self.line_len > 0 {
             self.emit_line();
@@ -434,23 +476,18 @@ impl Serial {
         self.update_irq();
     }
 
-    /// A character leaves the UART: into the line buffer.
+    /// A character leaves the UART: into the line buffer, which goes to
+    /// the terminal at the end of the line or when full.
     fn transmit(&mut self, byte: u8) {
-        match byte {
-            b'\n' => self.emit_line(),
-            b'\r' => {}
-            _ => {
-                if self.line_len == LINE_MAX {
-                    self.emit_line();
-                }
-                self.line[self.line_len] = byte;
-                self.line_len += 1;
-            }
+        self.line[self.line_len] = byte;
+        self.line_len += 1;
+        if byte == b'\n' || self.line_len == LINE_MAX {
+            self.emit_line();
         }
     }
 
     fn emit_line(&mut self) {
-        self.sink.line(&self.line[..self.line_len]);
+        self.term.write(&self.line[..self.line_len]);
         self.line_len = 0;
     }
 
@@ -478,6 +515,10 @@ impl Serial {
         match reg {
             REG_DATA if self.dlab() => self.dll,
             REG_DATA => {
+                // A guest reading input is interactive: what it wrote so
+                // far (a prompt, an echo) goes out now.
+                self.flush();
+                self.poll_input();
                 // RBR (section 8.1): the next received character.
                 if let Some(b) = self.rx.pop_front() {
                     self.rbr = b;
@@ -488,6 +529,7 @@ impl Serial {
             REG_IER if self.dlab() => self.dlm,
             REG_IER => self.ier,
             REG_IIR_FCR => {
+                self.poll_input();
                 let pending = self.pending_interrupt();
                 if pending == Some(iir::THR_EMPTY) {
                     // Reading IIR clears a THR-empty interrupt it reports.
@@ -504,6 +546,7 @@ impl Serial {
             REG_LCR => self.lcr,
             REG_MCR => self.mcr,
             REG_LSR => {
+                self.poll_input();
                 let mut v = self.lsr_errors | lsr::THRE | lsr::TEMT;
                 if !self.rx.is_empty() {
                     v |= lsr::DR;
@@ -578,19 +621,29 @@ mod tests {
     use alloc::vec::Vec;
     use spin::Mutex;
 
-    /// A sink that keeps every line it is handed.
+    /// A terminal that keeps every piece of output it is handed and types
+    /// what its `typed` queue holds.
     #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<Vec<u8>>>>);
+    struct Lines(Arc<Mutex<Vec<Vec<u8>>>>, Arc<Mutex<VecDeque<u8>>>);
 
     impl Lines {
         fn take(&self) -> Vec<Vec<u8>> {
             core::mem::take(&mut *self.0.lock())
         }
+        fn type_in(&self, text: &[u8]) {
+            self.1.lock().extend(text.iter().copied());
+        }
+        fn waiting(&self) -> usize {
+            self.1.lock().len()
+        }
     }
 
-    impl SerialSink for Lines {
-        fn line(&mut self, text: &[u8]) {
-            self.0.lock().push(text.to_vec());
+    impl Terminal for Lines {
+        fn write(&mut self, bytes: &[u8]) {
+            self.0.lock().push(bytes.to_vec());
+        }
+        fn read(&mut self) -> Option<u8> {
+            self.1.lock().pop_front()
         }
     }
 
@@ -883,7 +936,10 @@ mod tests {
         wr(&mut s, REG_MCR, mcr::LOOP | mcr::DTR | mcr::OUT1);
         assert_eq!(rd(&mut s, REG_MSR) & 0xF0, msr::DSR | msr::RI);
         s.flush();
-        assert!(lines.take().is_empty(), "loopback output reached the sink");
+        assert!(
+            lines.take().is_empty(),
+            "loopback output reached the terminal"
+        );
         // Out of loopback, output goes out again.
         wr(&mut s, REG_MCR, 0);
         assert_eq!(
@@ -891,7 +947,7 @@ mod tests {
             0xB0 | msr::DCTS | msr::TERI | msr::DDCD
         );
         send(&mut s, b"ok\n");
-        assert_eq!(lines.take(), [b"ok".to_vec()]);
+        assert_eq!(lines.take(), [b"ok\n".to_vec()]);
     }
 
     #[test]
@@ -952,13 +1008,77 @@ mod tests {
     }
 
     #[test]
-    fn output_lines_go_to_the_sink() {
+    fn output_lines_go_to_the_terminal_as_written() {
         let (mut s, lines) = uart();
         send(&mut s, b"hello\r\nworld\n\nab");
-        assert_eq!(lines.take(), [b"hello".to_vec(), b"world".to_vec(), vec![]]);
+        assert_eq!(
+            lines.take(),
+            [b"hello\r\n".to_vec(), b"world\n".to_vec(), b"\n".to_vec()]
+        );
         s.flush();
         s.flush();
         assert_eq!(lines.take(), [b"ab".to_vec()]);
+    }
+
+    #[test]
+    fn a_guest_reading_input_flushes_its_prompt() {
+        let (mut s, lines) = uart();
+        send(&mut s, b"# ");
+        assert!(lines.take().is_empty());
+        rd(&mut s, REG_LSR);
+        assert!(
+            lines.take().is_empty(),
+            "LSR reads come with every output byte"
+        );
+        rd(&mut s, REG_DATA);
+        assert_eq!(lines.take(), [b"# ".to_vec()]);
+    }
+
+    #[test]
+    fn typed_input_is_pulled_only_while_the_receiver_has_room() {
+        let (mut s, lines) = uart();
+        lines.type_in(b"ab");
+        // 16450 mode: one holding register; the rest waits at the terminal.
+        assert_eq!(rd(&mut s, REG_LSR), 0x60 | lsr::DR);
+        assert_eq!(lines.waiting(), 1);
+        assert_eq!(rd(&mut s, REG_LSR), 0x60 | lsr::DR, "no overrun");
+        assert_eq!(rd(&mut s, REG_DATA), b'a');
+        assert_eq!(rd(&mut s, REG_DATA), b'b');
+        assert_eq!(rd(&mut s, REG_LSR), 0x60);
+        // FIFO mode: up to 16 at a time, none lost.
+        wr(&mut s, REG_IIR_FCR, fcr::ENABLE);
+        let text: Vec<u8> = (0..40u8).map(|i| b'0' + i % 10).collect();
+        lines.type_in(&text);
+        let mut got = Vec::new();
+        while rd(&mut s, REG_LSR) & lsr::DR != 0 {
+            assert_eq!(rd(&mut s, REG_LSR) & lsr::OE, 0);
+            got.push(rd(&mut s, REG_DATA));
+        }
+        assert_eq!(got, text);
+        // In loopback the terminal is disconnected and keeps its input.
+        wr(&mut s, REG_MCR, mcr::LOOP);
+        lines.type_in(b"z");
+        s.poll_input();
+        assert_eq!(lines.waiting(), 1);
+    }
+
+    #[test]
+    fn the_host_polls_only_a_guest_that_listens_and_the_poll_raises_the_irq() {
+        let (mut s, lines) = uart();
+        let irq = Arc::new(RecordingIrq::default());
+        s.set_irq_line(irq.clone());
+        assert!(!s.listening());
+        wr(&mut s, REG_IER, ier::ERBFI);
+        assert!(!s.listening(), "OUT2 gates the interrupt");
+        wr(&mut s, REG_MCR, mcr::OUT2);
+        assert!(s.listening());
+        lines.type_in(b"x");
+        s.poll_input();
+        assert!(irq.level(), "received data available");
+        assert!(!s.listening(), "16450 mode: the holding register is full");
+        assert_eq!(rd(&mut s, REG_DATA), b'x');
+        assert!(!irq.level());
+        assert!(s.listening());
     }
 
     #[test]
@@ -966,11 +1086,9 @@ mod tests {
         let (mut s, lines) = uart();
         send(&mut s, &[b'x'; LINE_MAX + 10]);
         send(&mut s, b"\n");
-        assert_eq!(lines.take(), [vec![b'x'; LINE_MAX], vec![b'x'; 10]]);
-        // A line of exactly LINE_MAX bytes gives no extra empty line.
-        send(&mut s, &[b'y'; LINE_MAX]);
-        send(&mut s, b"\r\n");
-        assert_eq!(lines.take(), [vec![b'y'; LINE_MAX]]);
+        let mut tail = vec![b'x'; 10];
+        tail.push(b'\n');
+        assert_eq!(lines.take(), [vec![b'x'; LINE_MAX], tail]);
     }
 
     #[test]
@@ -1008,7 +1126,7 @@ mod tests {
         for &b in b"hi\n" {
             assert!(bus.write(0x3F8, &[b]));
         }
-        assert_eq!(lines.take(), [b"hi".to_vec()]);
+        assert_eq!(lines.take(), [b"hi\n".to_vec()]);
         let mut lsr = [0];
         assert!(bus.read(0x3FD, &mut lsr));
         assert_eq!(lsr, [0x60]);

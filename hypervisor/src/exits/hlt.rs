@@ -33,6 +33,9 @@ pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> 
         v.vmcs
             .write32(Vmcs32::GuestInterruptibilityState, shadow & !0b11)?;
     }
+    // An idle guest has said what it had to: its unfinished line (a
+    // shell's prompt) goes out before it sleeps.
+    v.vm.flush_output();
     if !v.vm.irq.has_work(v.id) && v.vm.caps.misc.activity_hlt() {
         v.vmcs.write32(Vmcs32::GuestActivityState, HLT)?;
     }

@@ -85,7 +85,8 @@ impl GuestOutput for Lines {
         let prefix = vcpu.map_or(String::new(), |v| std::format!("[vcpu{v}] "));
         self.0.lock().unwrap().push(prefix + text);
     }
-    fn serial_line(&self, text: &str) {
+    fn serial_write(&self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
         self.0.lock().unwrap().push(std::format!("[com1] {text}"));
     }
 }
@@ -419,7 +420,10 @@ fn com1_output_goes_through_the_16550_a_line_at_a_time() {
         v.vmcs.write_nat(VmcsNatural::GuestRip, RIP).unwrap();
         resumes(dispatch(&mut v, ExitReason::IoInstruction));
     }
-    assert_eq!(out.0.lock().unwrap().as_slice(), ["[com1] hi".to_string()]);
+    assert_eq!(
+        out.0.lock().unwrap().as_slice(),
+        ["[com1] hi\n".to_string()]
+    );
     // LSR (port 0x3fd): transmitter empty and idle, no data.
     let mut v = vcpu(vm, 1, io(0x3fd, 1, true, false));
     resumes(dispatch(&mut v, ExitReason::IoInstruction));

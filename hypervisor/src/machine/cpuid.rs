@@ -157,7 +157,36 @@ pub struct Provided {
     /// EPT maps 1 GiB pages for the guest's own 1 GiB pages (always true
     /// with EPT: the guest's paging is its own).
     pub gb_pages: bool,
+    /// The guest's TSC rate in Hz (the host's: guest TSC = host TSC +
+    /// offset); 0 when unknown. Leaves 0x15 and 0x16 report it, with the
+    /// local APIC timer's 1 GHz as the crystal clock (see [`timing_leaf`]).
+    pub tsc_hz: u64,
 }
+
+/// The core crystal clock leaves report: the local APIC model's timer
+/// input (`devices::lapic`, 1 GHz, what KVM and QEMU give their APICs).
+pub const CRYSTAL_HZ: u32 = 1_000_000_000;
+
+/// Leaves 0x15 (TSC/crystal ratio, SDM Vol. 2A CPUID "Time Stamp Counter
+/// and Nominal Core Crystal Clock Information Leaf") and 0x16 (processor
+/// frequency, MHz) for a TSC of `tsc_hz`. TSC = ECX × EBX / EAX: with the
+/// denominator 10^6 and the numerator the TSC in kHz, the crystal is the
+/// APIC timer's 1 GHz, so that an OS that derives its APIC timer period
+/// from the crystal (Linux does, `native_calibrate_tsc`) gets the model's
+/// rate, and its TSC rate to 1 kHz.
+pub fn timing_leaf(leaf: u32, tsc_hz: u64) -> Regs {
+    let khz = (tsc_hz / 1000).min(u64::from(u32::MAX)) as u32;
+    let mhz = (tsc_hz / 1_000_000).min(0xffff) as u32;
+    match leaf {
+        0x15 if khz != 0 => [1_000_000, khz, CRYSTAL_HZ, 0],
+        0x16 if mhz != 0 => [mhz, mhz, CRYSTAL_HZ / 1_000_000, 0],
+        _ => [0; 4],
+    }
+}
+
+/// The lowest highest-basic-leaf the policy reports when it knows the TSC
+/// rate, so that leaves 0x15 and 0x16 are in range.
+const MIN_BASIC_WITH_TSC: u32 = 0x16;
 
 /// The VM's CPUID, filtered once; [`CpuidPolicy::answer`] adds the vCPU.
 #[derive(Debug, Clone)]
@@ -191,7 +220,20 @@ fn bits_for(n: u32) -> u32 {
 impl CpuidPolicy {
     /// Builds the policy from `host(leaf, subleaf)` for a VM of `vcpus`.
     pub fn new(host: impl Fn(u32, u32) -> Regs, vcpus: u32, provided: Provided) -> Self {
-        let max_basic = host(0, 0)[0].min(0x1f);
+        let host_max = host(0, 0)[0];
+        // Leaves above the host's highest answer the highest one's data
+        // on Intel: those the policy adds are empty unless it fills them.
+        let host = |leaf: u32, sub: u32| {
+            if leaf > host_max && leaf < 0x8000_0000 {
+                [0; 4]
+            } else {
+                host(leaf, sub)
+            }
+        };
+        let mut max_basic = host_max.min(0x1f);
+        if provided.tsc_hz != 0 {
+            max_basic = max_basic.max(MIN_BASIC_WITH_TSC);
+        }
         // XSAVE: the hypervisor turns CR4.OSXSAVE on in every host core that
         // has it, so that XSETBV can be emulated.
         let xcr0 = if host(1, 0)[2] & L1C_XSAVE != 0 && max_basic >= 0xd {
@@ -240,7 +282,8 @@ impl CpuidPolicy {
         let [a, b, c, d] = r;
         let avx = xcr0 & XCR0_AVX != 0;
         match leaf {
-            0 => [a.min(0x1f), b, c, d],
+            // The highest basic leaf is patched in `answer_live`.
+            0 => [a, b, c, d],
             1 => {
                 let mut c = (c & !L1C_HIDDEN) | L1C_HYPERVISOR;
                 if xcr0 == 0 {
@@ -277,6 +320,8 @@ impl CpuidPolicy {
                 }
                 [a, b, c, d]
             }
+            // The TSC and crystal rates of this VM, not the host's.
+            0x15 | 0x16 => timing_leaf(leaf, p.tsc_hz),
             // Invariant TSC only.
             0x8000_0007 => [0, 0, 0, d & bit(8)],
             _ => r,
@@ -330,6 +375,10 @@ impl CpuidPolicy {
                 [HV_MAX, w(0), w(4), w(8)]
             }
             0x4000_0001..=0x4fff_ffff => [0; 4],
+            0 => {
+                let [_, b, c, d] = self.stored(0, 0);
+                [self.max_basic, b, c, d]
+            }
             // Above the highest leaf: Intel CPUs answer with the highest
             // basic leaf's data (SDM Vol. 2A, CPUID, "INPUT EAX = 0").
             l if l > self.max_basic && l < 0x8000_0000 => {
@@ -449,9 +498,56 @@ mod tests {
             Provided {
                 rdtscp: true,
                 gb_pages: true,
+                tsc_hz: 0,
             },
         );
         assert_ne!(with.answer(0, 0x8000_0001, 0)[3] & E1D_RDTSCP, 0);
+    }
+
+    /// A host whose highest basic leaf is 0xD (no timing leaves).
+    fn old_host(leaf: u32, sub: u32) -> Regs {
+        match leaf {
+            0 => [0xd, 0, 0, 0],
+            0x8000_0000 => [0x8000_0008, 0, 0, 0],
+            _ => everything(leaf, sub),
+        }
+    }
+
+    #[test]
+    fn timing_leaves_report_the_vms_tsc_and_the_apic_timer_crystal() {
+        let tsc_hz = 2_903_998_123;
+        for host in [everything as fn(u32, u32) -> Regs, old_host] {
+            let p = CpuidPolicy::new(
+                host,
+                1,
+                Provided {
+                    tsc_hz,
+                    ..Provided::default()
+                },
+            );
+            assert!(p.answer(0, 0, 0)[0] >= 0x16, "leaves 0x15/0x16 in range");
+            let [den, num, crystal, _] = p.answer(0, 0x15, 0);
+            assert_eq!(crystal, CRYSTAL_HZ, "the APIC timer's rate");
+            // TSC = crystal × num / den, to the kHz.
+            let tsc = u64::from(crystal) * u64::from(num) / u64::from(den);
+            assert_eq!(tsc, tsc_hz / 1000 * 1000);
+            assert_eq!(p.answer(0, 0x16, 0)[..3], [2903, 2903, 1000]);
+        }
+        // Unknown rate: the leaves say "not enumerated" (0), not the host's.
+        let p = policy(1);
+        assert_eq!(p.answer(0, 0x15, 0), [0; 4]);
+        assert_eq!(p.answer(0, 0x16, 0), [0; 4]);
+        // A host below 0x15 answers the leaves it lacks with zeros, not with
+        // copies of its highest leaf.
+        let p = CpuidPolicy::new(
+            old_host,
+            1,
+            Provided {
+                tsc_hz,
+                ..Provided::default()
+            },
+        );
+        assert_eq!(p.answer(0, 0xe, 0), [0; 4]);
     }
 
     #[test]

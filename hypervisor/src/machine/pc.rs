@@ -35,7 +35,7 @@ use crate::devices::pic::{self, Pic};
 use crate::devices::pit::{self, Pit, PortB};
 use crate::devices::pm_timer::{self, AcpiPm};
 use crate::devices::serial::{self, Serial};
-use crate::devices::{Clock, MmioBus, PioBus, PlatformEvents, PortsOf, SerialSink};
+use crate::devices::{Clock, MmioBus, PioBus, PlatformEvents, PortsOf, Terminal};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
@@ -54,8 +54,8 @@ pub struct PlatformParams {
     pub ram_above_4g: u64,
     /// The time source of the timers.
     pub clock: Arc<dyn Clock>,
-    /// Where COM1's output goes.
-    pub serial: Box<dyn SerialSink>,
+    /// What is at the other end of COM1.
+    pub serial: Box<dyn Terminal>,
 }
 
 /// The devices of the machine and the buses they sit on.
@@ -207,8 +207,8 @@ mod tests {
     use crate::devices::PlatformEvent;
 
     struct NoSink;
-    impl SerialSink for NoSink {
-        fn line(&mut self, _: &[u8]) {}
+    impl Terminal for NoSink {
+        fn write(&mut self, _: &[u8]) {}
     }
 
     fn platform(vcpus: u32) -> Platform {
@@ -294,8 +294,8 @@ mod timer_and_ioapic_tests {
     use crate::devices::test_support::ManualClock;
 
     struct NoSink;
-    impl SerialSink for NoSink {
-        fn line(&mut self, _: &[u8]) {}
+    impl Terminal for NoSink {
+        fn write(&mut self, _: &[u8]) {}
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::devices::lapic::Lapic;
 use crate::devices::pic::Pic;
 use crate::devices::scratch;
 use crate::devices::serial::Serial;
-use crate::devices::{Clock, MmioBus, PioBus, PlatformEvents, SerialSink};
+use crate::devices::{Clock, MmioBus, PioBus, PlatformEvents, Terminal};
 use crate::machine::board::Board;
 use crate::machine::cpuid::CpuidPolicy;
 use crate::machine::irq::{Router, Start};
@@ -38,7 +38,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicU64, Ordering};
 use requests::Requests;
 use spin::Mutex;
 
@@ -48,19 +48,33 @@ pub type SlotBitmap = DirtyBitmap<Box<[AtomicU64]>>;
 /// tests). `vcpu` is the vCPU that wrote the line, where known.
 pub trait GuestOutput: Sync {
     fn line(&self, vcpu: Option<u32>, text: &str);
-    /// A line the guest wrote to its UART (COM1). The UART does not know
-    /// which vCPU wrote it; the kernel names the vCPU of the core it runs on.
-    fn serial_line(&self, text: &str);
-}
-
-/// COM1's output, to the VM's [`GuestOutput`].
-struct SerialOut(&'static dyn GuestOutput);
-
-impl SerialSink for SerialOut {
-    fn line(&mut self, text: &[u8]) {
-        self.0.serial_line(&String::from_utf8_lossy(text));
+    /// What the guest wrote to its UART (COM1), as it wrote it: a line
+    /// with its `'\n'` or a piece of one (see [`Terminal::write`]). It
+    /// goes to the console unchanged, as a real serial line would carry it.
+    fn serial_write(&self, bytes: &[u8]);
+    /// A character typed at the console for the guest's UART, if one is
+    /// waiting (none by default).
+    fn serial_read(&self) -> Option<u8> {
+        None
     }
 }
+
+/// COM1's terminal: the VM's [`GuestOutput`].
+struct SerialOut(&'static dyn GuestOutput);
+
+impl Terminal for SerialOut {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.serial_write(bytes);
+    }
+    fn read(&mut self) -> Option<u8> {
+        self.0.serial_read()
+    }
+}
+
+/// How often the console is polled for COM1 input while the guest listens
+/// (10 ms: typing feels immediate, an idle shell costs 100 wakeups a
+/// second).
+pub const CONSOLE_POLL_NS: u64 = 10_000_000;
 
 /// COM1's I/O ports (QEMU's `pc` machine, IRQ 4).
 pub use crate::machine::pc::COM1_BASE;
@@ -137,6 +151,9 @@ pub struct Vm<M: HostMemory> {
     pub mmio: MmioBus,
     /// COM1, also on `pio` (kept typed to flush it at the end).
     pub com1: Arc<Mutex<Serial>>,
+    /// When vCPU 0 next polls the console for COM1 (ns on `clock`), while
+    /// the guest listens ([`Vm::poll_console`]).
+    console_next: AtomicU64,
     /// What devices ask of the whole VM: an exit code, a reset, a power-off.
     /// Every vCPU stops on it (`exits::platform_stop`).
     pub events: Arc<PlatformEvents>,
@@ -507,6 +524,7 @@ impl<M: HostMemory> Vm<M> {
             pio: platform.pio,
             mmio: platform.mmio,
             com1: platform.com1,
+            console_next: AtomicU64::new(0),
             events: platform.events,
             pic: platform.pic,
             lapics: platform.lapics,
@@ -554,6 +572,29 @@ impl<M: HostMemory> Vm<M> {
     /// The active memslot array, for the boot core (updates held off).
     pub fn with_slots<R>(&self, f: impl FnOnce(&Memslots) -> R) -> R {
         self.slots.with_active(f)
+    }
+
+    /// The console poll, run by vCPU 0 before each entry: while the guest
+    /// waits for COM1's received-data interrupt (`Serial::listening`),
+    /// every [`CONSOLE_POLL_NS`] it pulls what was typed into the UART
+    /// (raising IRQ 4) and hands over an unfinished output line (a prompt,
+    /// an echo). Returns when the next poll is due, so that a halted vCPU 0
+    /// wakes for it; `None` while nobody listens (then nothing is polled
+    /// and an idle guest sleeps undisturbed).
+    pub fn poll_console(&self, now_ns: u64) -> Option<u64> {
+        let mut com1 = self.com1.lock();
+        if !com1.listening() {
+            return None;
+        }
+        let next = self.console_next.load(Ordering::Relaxed);
+        if now_ns < next {
+            return Some(next);
+        }
+        com1.flush();
+        com1.poll_input();
+        let next = now_ns + CONSOLE_POLL_NS;
+        self.console_next.store(next, Ordering::Relaxed);
+        Some(next)
     }
 
     /// Hands over the guest's unfinished output lines (at the end of a run).
@@ -613,7 +654,7 @@ mod kernel_tests {
     struct Quiet;
     impl GuestOutput for Quiet {
         fn line(&self, _: Option<u32>, _: &str) {}
-        fn serial_line(&self, _: &str) {}
+        fn serial_write(&self, _: &[u8]) {}
     }
     static QUIET: Quiet = Quiet;
     fn no_kick(_: u32) {}

@@ -334,6 +334,7 @@ pub fn failure_text(out: &Outcome, dir: &Path, backend: Backend) -> String {
         Verdict::Failure => "reported FAILURE",
         Verdict::Timeout => "timed out (see --timeout)",
         Verdict::NoResult => "ended without a result line",
+        Verdict::Quit => "was ended at the console",
     };
     let lines: Vec<&str> = out.log.lines().collect();
     let tail = &lines[lines.len().saturating_sub(30)..];

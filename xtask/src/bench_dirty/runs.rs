@@ -36,6 +36,7 @@ fn boot(c: &RunConf, o: &Opts, dir: PathBuf) -> Result<(String, Summary)> {
         mem_mib: g.machine_mib(),
         dir,
         stream: o.verbose,
+        input: crate::console::Input::None,
     };
     let out = emu::run(&spec)?;
     if out.verdict != Verdict::Success {

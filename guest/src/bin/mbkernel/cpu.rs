@@ -311,8 +311,18 @@ pub fn check_pci_absent(_: &Ctx, why: &mut Msg) -> bool {
 
 // ---- interrupts: the local APIC timer ----
 
+/// The APIC timer check's period, in timer input cycles (divide by 1).
+const PERIOD: u32 = 2_000_000;
+
+fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: reads the time-stamp counter.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    u64::from(hi) << 32 | u64::from(lo)
+}
+
 /// The vector the APIC timer check uses.
-const TIMER_VECTOR: u8 = 0x40;
+pub const TIMER_VECTOR: u8 = 0x40;
 
 global_asm!(
     r#"
@@ -335,16 +345,16 @@ mbx_ticks: .skip 8
 );
 
 unsafe extern "C" {
-    fn mbx_timer_isr();
+    pub fn mbx_timer_isr();
     static mbx_ticks: u64;
 }
 
-fn ticks() -> u64 {
+pub fn ticks() -> u64 {
     // SAFETY: written by the interrupt handler only.
     unsafe { (&raw const mbx_ticks).read_volatile() }
 }
 
-fn apic_write(reg: u64, value: u32) {
+pub fn apic_write(reg: u64, value: u32) {
     // SAFETY: this vCPU's APIC registers, identity-mapped.
     unsafe { apic(reg).write_volatile(value) }
 }
@@ -355,7 +365,7 @@ fn apic_read(reg: u64) -> u32 {
 }
 
 /// Points IDT vector `v` at `isr` (a 64-bit interrupt gate).
-fn set_gate(v: u8, isr: u64) {
+pub fn set_gate(v: u8, isr: u64) {
     let low = (isr & 0xffff) | 0x08 << 16 | 0x8e00u64 << 32 | ((isr >> 16) & 0xffff) << 48;
     // SAFETY: the kernel's IDT; no interrupt uses this vector yet.
     unsafe {
@@ -377,16 +387,34 @@ pub fn check_apic_timer(_: &Ctx, why: &mut Msg) -> bool {
     apic_write(0x3e0, 0xb); // divide by 1
     apic_write(0x320, u32::from(TIMER_VECTOR) | 1 << 17); // periodic
     let t0 = ticks();
-    apic_write(0x380, 2_000_000); // 2 ms at 1 GHz
+    let tsc0 = rdtsc();
+    apic_write(0x380, PERIOD); // 2 ms at 1 GHz
     let mut wakeups = 0u64;
     while ticks() < t0 + 10 && wakeups < 1000 {
         // SAFETY: sleeps until an interrupt; the handler counts it.
         unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
         wakeups += 1;
     }
+    let tsc = rdtsc() - tsc0;
     apic_write(0x380, 0); // stop
     let got = ticks() - t0;
     say!("mbkernel: APIC timer periodic: {got} ticks in {wakeups} HLT wake-ups");
+    // CPUID 0x15: the crystal (the APIC timer's input) and the TSC rate;
+    // the ticks took their count in crystal cycles, measured on the TSC.
+    let [den, num, crystal, _] = cpuid(0x15, 0);
+    if den != 0 && num != 0 && crystal != 0 {
+        let tsc_hz = u64::from(crystal) * u64::from(num) / u64::from(den);
+        let want = u128::from(got) * u128::from(PERIOD) * u128::from(tsc_hz) / u128::from(crystal);
+        let pct = u128::from(tsc) * 100 / want.max(1);
+        say!("mbkernel: CPUID 0x15: TSC {} kHz, crystal {crystal} Hz; {got} ticks took {tsc} TSC cycles, {pct}% of their count", tsc_hz / 1000);
+        ensure!(
+            why,
+            (90..=150).contains(&pct),
+            "{got} APIC timer ticks of {PERIOD} took {tsc} TSC cycles, {pct}% of what CPUID 0x15 says"
+        );
+    } else {
+        say!("mbkernel: CPUID 0x15 does not give the crystal: APIC timer rate not checked");
+    }
     ensure!(why, got >= 10, "{got} periodic ticks after {wakeups} HLTs");
     ensure!(
         why,

@@ -1,12 +1,12 @@
 use super::*;
 use crate::devices::lapic::reg;
 use crate::devices::test_support::ManualClock;
-use crate::devices::SerialSink;
+use crate::devices::Terminal;
 use crate::machine::pc::PlatformParams;
 
 struct NoSink;
-impl SerialSink for NoSink {
-    fn line(&mut self, _: &[u8]) {}
+impl Terminal for NoSink {
+    fn write(&mut self, _: &[u8]) {}
 }
 
 struct Machine {
