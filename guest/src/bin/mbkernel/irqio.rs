@@ -75,8 +75,9 @@ fn sleep() {
     unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) };
 }
 
-/// APIC timer ticks (10 ms each) the input may take to arrive.
-const INPUT_TICKS: u64 = 3000;
+/// APIC timer ticks (10 ms each) the input may take to arrive. Guest time:
+/// an emulator skips idle time, so this is less on the wall clock.
+const INPUT_TICKS: u64 = 12_000;
 
 /// THR-empty and received-data interrupts on IRQ 4. With `echo_lines=N`
 /// on the command line, says `mbkernel: uart input ready`, then takes N
@@ -126,18 +127,22 @@ pub fn check_uart_irq(c: &Ctx, why: &mut Msg) -> bool {
     let (mut lines, mut bytes) = (0u64, 0u64);
     let mut line = [0u8; 120];
     let mut len = 0;
+    // A line ends at '\n' (a file) or '\r' (Enter at a terminal); the '\n'
+    // of a "\r\n" ends nothing more.
+    let mut last = 0u8;
     while lines < want && ticks() - t0 < INPUT_TICKS {
         while inb(lsr) & 1 != 0 {
             let b = inb(COM1);
             bytes += 1;
+            let prev = core::mem::replace(&mut last, b);
             match b {
-                b'\n' => {
+                b'\n' if prev == b'\r' => {}
+                b'\n' | b'\r' => {
                     let text = core::str::from_utf8(&line[..len]).unwrap_or("?");
                     say!("mbkernel: echo \"{text}\"");
                     lines += 1;
                     len = 0;
                 }
-                b'\r' => {}
                 _ if len < line.len() => {
                     line[len] = b;
                     len += 1;
