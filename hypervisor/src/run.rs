@@ -131,13 +131,13 @@ fn arm_timer(v: &mut KernelVcpu, console: Option<u64>) -> Result<(), Stop> {
         let quiet = arch::rdtsc().wrapping_sub(v.last_progress);
         ticks = v.watchdog_tsc.saturating_sub(quiet).max(1);
     }
-    let now = vm.clock.now_ns();
     let deadline = match (vm.irq.next_deadline_ns(v.id), console) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // The clock is read only for a deadline: most entries have none.
     if let Some(deadline) = deadline {
-        let ns = deadline.saturating_sub(now);
+        let ns = deadline.saturating_sub(vm.clock.now_ns());
         ticks = ticks.min((u128::from(ns) * u128::from(hz) / 1_000_000_000) as u64);
     }
     let value = (ticks >> vm.caps.misc.preemption_timer_rate()).min(u64::from(u32::MAX));
@@ -256,11 +256,7 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
         }
         // vCPU 0 polls the console while the guest listens to COM1, before
         // the events are delivered: typed input raises IRQ 4 in time.
-        let console = if v.id == 0 {
-            vm.poll_console(vm.clock.now_ns())
-        } else {
-            None
-        };
+        let console = if v.id == 0 { vm.poll_console() } else { None };
         v.deliver_events()?;
         arm_timer(v, console)?;
         // SAFETY: the VMCS is current and fully written; `regs` lives across

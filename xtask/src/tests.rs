@@ -655,6 +655,8 @@ pub fn cases() -> Vec<Case> {
             "mbkernel: ok exceptions",
             "mbkernel: ok eptframe",
             "mbkernel: ok fwcfg",
+            "mbkernel: MP table at 0xf0010: 1 processor(s), 20 entries",
+            "mbkernel: ok mptable",
             "mbkernel: ok xsetbv",
             "mbkernel: ok cr8",
             "mbkernel: ok msrs",
@@ -672,7 +674,7 @@ pub fn cases() -> Vec<Case> {
             "mbkernel: one vCPU: SMP not checked",
             "mbkernel: ok smp",
             "mbkernel: ok modeswitch",
-            "mbkernel: RESULT PASS (20 checks)",
+            "mbkernel: RESULT PASS (21 checks)",
         ])
         .absent(&["mbkernel: FAIL", "mbkernel: skip", "VM entry failed"])
         .check(hlt_sleeps);
@@ -702,6 +704,7 @@ pub fn cases() -> Vec<Case> {
             .input(ECHO_INPUT, ECHO_READY)
             .contains(&[
                 "mbkernel: ok fwcfg",
+                "mbkernel: ok mptable",
                 ECHO_1,
                 ECHO_2,
                 "mbkernel: ok uartirq",
@@ -709,7 +712,7 @@ pub fn cases() -> Vec<Case> {
                 "APs in 64-bit mode",
                 "mbkernel: 10 IPI round trips with APIC 1 (10 pings, 10 pongs), 1 NMI",
                 "mbkernel: ok smp",
-                "mbkernel: RESULT PASS (20 checks)",
+                "mbkernel: RESULT PASS (21 checks)",
             ])
             .check(hlt_sleeps)
             .absent(&["mbkernel: FAIL", "VM entry failed", "CONTAINED"]),

@@ -961,6 +961,87 @@ fn fw_cfg<const N: usize>(key: u16) -> [u8; N] {
     core::array::from_fn(|_| inb(FW_CFG_DATA))
 }
 
+/// Bytes of guest-physical memory (identity-mapped below 4 GiB).
+fn phys(addr: u64, len: usize) -> &'static [u8] {
+    // SAFETY: the first 4 GiB are identity-mapped; read-only use of
+    // firmware areas.
+    unsafe { core::slice::from_raw_parts(addr as *const u8, len) }
+}
+
+fn sums_to_zero(b: &[u8]) -> bool {
+    b.iter().fold(0u8, |a, &x| a.wrapping_add(x)) == 0
+}
+
+/// The MP table (MP specification 1.4) as an OS without ACPI finds it: the
+/// floating pointer in 0xF0000-0xFFFFF, the configuration table with one
+/// enabled processor per CPU (`expect_cpus`, APIC 0 the BSP), the I/O APIC
+/// at 0xFEC00000 and ISA IRQ 0 on its pin 2.
+fn check_mp_table(c: &Ctx, why: &mut Msg) -> bool {
+    let fp = (0xf_0000u64..0x10_0000)
+        .step_by(16)
+        .find(|&a| phys(a, 4) == b"_MP_" && sums_to_zero(phys(a, 16)));
+    let Some(fp) = fp else {
+        let _ = write!(why, "no MP floating pointer in 0xF0000-0xFFFFF");
+        return false;
+    };
+    let table = u64::from(rd32(fp + 4));
+    ensure!(
+        why,
+        table != 0,
+        "floating pointer at {fp:#x}: no configuration table"
+    );
+    let head = phys(table, 44);
+    ensure!(why, &head[..4] == b"PCMP", "no PCMP at {table:#x}");
+    let len = usize::from(u16::from_le_bytes([head[4], head[5]]));
+    let t = phys(table, len);
+    ensure!(why, sums_to_zero(t), "configuration table checksum");
+    let count = u16::from_le_bytes([t[34], t[35]]);
+    let (mut cpus, mut bsp, mut ioapic, mut irq0) = (0u64, None, None, false);
+    let mut at = 44;
+    for _ in 0..count {
+        ensure!(why, at < len, "entries run past the table");
+        match t[at] {
+            0 => {
+                if t[at + 3] & 1 != 0 {
+                    cpus += 1;
+                }
+                if t[at + 3] & 2 != 0 {
+                    bsp = Some(t[at + 1]);
+                }
+                at += 20;
+            }
+            2 => {
+                ioapic = Some((
+                    t[at + 1],
+                    u32::from_le_bytes([t[at + 4], t[at + 5], t[at + 6], t[at + 7]]),
+                ));
+                at += 8;
+            }
+            3 => {
+                irq0 |=
+                    t[at + 5] == 0 && t[at + 7] == 2 && ioapic.is_some_and(|i| i.0 == t[at + 6]);
+                at += 8;
+            }
+            1 | 4 => at += 8,
+            k => {
+                let _ = write!(why, "unknown entry type {k}");
+                return false;
+            }
+        }
+    }
+    let want = c.num("expect_cpus").unwrap_or(1);
+    ensure!(why, cpus == want, "{cpus} processors, want {want}");
+    ensure!(why, bsp == Some(0), "BSP {bsp:?}, want APIC 0");
+    ensure!(
+        why,
+        ioapic.is_some_and(|i| i.1 == 0xfec0_0000),
+        "I/O APIC {ioapic:x?}"
+    );
+    ensure!(why, irq0, "no entry for ISA IRQ 0 on I/O APIC pin 2");
+    say!("mbkernel: MP table at {table:#x}: {cpus} processor(s), {count} entries");
+    true
+}
+
 /// The signature "QEMU", the ID (bit 0: the traditional interface), the
 /// CPU count, the RAM size and a well-formed file directory.
 fn check_fw_cfg(c: &Ctx, why: &mut Msg) -> bool {
@@ -1025,6 +1106,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("exceptions", check_exceptions),
     ("eptframe", check_exception_frame_unmapped),
     ("fwcfg", check_fw_cfg),
+    ("mptable", check_mp_table),
     ("xsetbv", cpu::check_xsetbv),
     ("cr8", cpu::check_cr8),
     ("msrs", cpu::check_msrs_match_cpuid),

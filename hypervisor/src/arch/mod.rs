@@ -120,6 +120,10 @@ pub fn tsc_rate() -> u64 {
 pub struct TscClock {
     start: u64,
     hz: u64,
+    /// Nanoseconds per TSC tick, 32.32 fixed point: `now_ns` multiplies
+    /// (read before every VM entry that has a timer armed; a 128-bit
+    /// division is a library call).
+    ns_per_tick: u64,
 }
 
 impl TscClock {
@@ -136,7 +140,12 @@ impl TscClock {
             hz => hz,
         };
         TSC_HZ.call_once(|| hz);
-        TscClock { start: rdtsc(), hz }
+        let ns_per_tick = ((1_000_000_000u128 << 32) / u128::from(hz)) as u64;
+        TscClock {
+            start: rdtsc(),
+            hz,
+            ns_per_tick,
+        }
     }
 
     /// The TSC's rate the clock counts with.
@@ -154,6 +163,6 @@ impl Default for TscClock {
 impl crate::devices::Clock for TscClock {
     fn now_ns(&self) -> u64 {
         let ticks = rdtsc().wrapping_sub(self.start);
-        (u128::from(ticks) * 1_000_000_000 / u128::from(self.hz)) as u64
+        ((u128::from(ticks) * u128::from(self.ns_per_tick)) >> 32) as u64
     }
 }

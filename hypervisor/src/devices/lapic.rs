@@ -453,6 +453,11 @@ impl Lapic {
     /// (several periodic expirations coalesce into one, as a busy APIC's
     /// IRR bit does). Returns whether it fired (masked or not).
     pub fn poll_timer(&mut self) -> bool {
+        // A stopped timer (or a one-shot that fired) expires no more: no
+        // clock read, the common case before every VM entry.
+        if self.timer_deadline_ns().is_none() {
+            return false;
+        }
         let n = self.expirations_at(self.clock.now_ns());
         if n <= self.timer_fired {
             return false;

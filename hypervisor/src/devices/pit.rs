@@ -334,6 +334,11 @@ impl Pit {
     /// Counter 0's OUT rose this many times since the last call: the IRQ 0
     /// edges to deliver.
     pub fn take_irq0_edges(&mut self) -> u64 {
+        // Not counting: no edges, and no clock read (polled before every
+        // VM entry).
+        if self.counters[0].start.is_none() {
+            return 0;
+        }
         let now = self.now();
         let c = &mut self.counters[0];
         let edges = c.rising_edges(now);
@@ -345,6 +350,7 @@ impl Pit {
     /// When counter 0's OUT rises next (clock nanoseconds), for the timer
     /// that will deliver IRQ 0.
     pub fn next_irq0_ns(&self) -> Option<u64> {
+        self.counters[0].start?;
         self.counters[0].next_edge(self.now()).map(ns_of)
     }
 

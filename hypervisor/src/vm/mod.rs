@@ -233,6 +233,26 @@ pub struct VmParts {
     pub clock: Arc<dyn Clock>,
 }
 
+/// Writes the tables firmware leaves for an OS, in the BIOS area the board
+/// map reserves: the ACPI tables, RSDP first, where an OS searches for the
+/// RSDP (ACPI 6.5, 5.2.5.1), and the same machine as an MP table, for an OS
+/// that does not read ACPI (Linux with `acpi=off`).
+fn write_firmware_tables<M: HostMemory>(
+    vcpus: u32,
+    cpuid: &CpuidPolicy,
+    gm: &mut GuestMem<'_, M>,
+) -> Result<(), String> {
+    use crate::machine::{acpi, board, mptable};
+    let acpi = acpi::build(board::ACPI_BASE, vcpus).map_err(|e| format!("ACPI tables: {e}"))?;
+    gm.write(acpi.base, &acpi.bytes)
+        .map_err(|gpa| format!("writing the ACPI tables at {gpa:#x}"))?;
+    let [signature, _, _, features] = cpuid.answer(0, 1, 0);
+    let mp = mptable::build(mptable::DEFAULT_BASE, vcpus, signature, features)
+        .map_err(|e| format!("MP table: {e}"))?;
+    gm.write(mp.base, &mp.bytes)
+        .map_err(|gpa| format!("writing the MP table at {gpa:#x}"))
+}
+
 /// Loads a kernel file into guest RAM laid out as the board map says and
 /// returns the layout the report shows (all of RAM is the guest's) and
 /// vCPU 0's entry state.
@@ -272,12 +292,6 @@ fn load_kernel<M: HostMemory>(
     };
     let (loaded, state) =
         multiboot::load(image, &header, &board, &params, gm).map_err(|e| format!("kernel: {e}"))?;
-    // The ACPI tables (RSDP first) in the BIOS area the board map reserves,
-    // where an OS searches for the RSDP (ACPI 6.x, 5.2.5.1).
-    let acpi = crate::machine::acpi::build(crate::machine::board::ACPI_BASE, vcpus)
-        .map_err(|e| format!("ACPI tables: {e}"))?;
-    gm.write(acpi.base, &acpi.bytes)
-        .map_err(|gpa| format!("writing the ACPI tables at {gpa:#x}"))?;
     let layout = Layout {
         mem_bytes,
         stacks_start: mem_bytes,
@@ -475,6 +489,7 @@ impl<M: HostMemory> Vm<M> {
             } => {
                 let (layout, state, loaded) =
                     load_kernel(&config, mem_bytes, image, append, initrd, vcpus, &mut gm)?;
+                write_firmware_tables(vcpus, &cpuid, &mut gm)?;
                 (layout, state.rip, Some(state), Some(loaded))
             }
         };
@@ -581,11 +596,14 @@ impl<M: HostMemory> Vm<M> {
     /// an echo). Returns when the next poll is due, so that a halted vCPU 0
     /// wakes for it; `None` while nobody listens (then nothing is polled
     /// and an idle guest sleeps undisturbed).
-    pub fn poll_console(&self, now_ns: u64) -> Option<u64> {
+    pub fn poll_console(&self) -> Option<u64> {
         let mut com1 = self.com1.lock();
         if !com1.listening() {
             return None;
         }
+        // The clock only now: reading it costs, and nearly every entry of a
+        // guest that does not listen skips it.
+        let now_ns = self.clock.now_ns();
         let next = self.console_next.load(Ordering::Relaxed);
         if now_ns < next {
             return Some(next);
