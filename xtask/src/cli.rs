@@ -64,6 +64,11 @@ pub enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// Prepare the showcase Linux guest (Debian kernel, busybox initramfs) in target/linux
+    #[command(after_help = "Example:\n  \
+        cargo xtask linux\n  \
+        cargo xtask run --linux")]
+    Linux,
     /// The disassembly behind the speculation check
     #[command(after_help = "Example:\n  cargo xtask asm")]
     Asm,
@@ -263,12 +268,27 @@ pub struct RunArgs {
     pub timeout: u64,
     #[command(flatten)]
     pub guest: GuestArgs,
+    /// Boot the showcase Linux guest: --kernel, --initrd and --append of
+    /// `cargo xtask linux` (which runs first if needed)
+    #[arg(long, conflicts_with_all = ["guest", "kernel", "initrd", "append"])]
+    pub linux: bool,
     /// Print the run's SUMMARY object on stdout instead of streaming the log
     #[arg(long)]
     pub json: bool,
 }
 
 impl RunArgs {
+    /// These options with the showcase guest's kernel, initramfs and
+    /// command line (`--linux`).
+    pub fn with_linux(&self, g: &crate::linux::LinuxGuest) -> RunArgs {
+        let mut a = self.clone();
+        a.guest.kernel = Some(g.kernel.clone());
+        a.guest.initrd = Some(g.initrd.clone());
+        a.guest.append = Some(crate::linux::APPEND.to_string());
+        a.linux = false;
+        a
+    }
+
     /// Every check that takes more than one option; the backend resolved.
     pub fn check(&self) -> Result<(Backend, GuestSpec)> {
         let backend = self.backend.resolve();
@@ -467,6 +487,7 @@ mod tests {
             "bench memslot --help",
             "bench dirty-log --help",
             "asm --help",
+            "linux --help",
         ] {
             let e = parse(line).unwrap_err();
             assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{line}");
@@ -512,6 +533,31 @@ mod tests {
             (g.cache, g.cpus, g.readonly_slot),
             (CacheMode::None, 4, Some(7))
         );
+    }
+
+    #[test]
+    fn run_linux_takes_the_showcase_guest() {
+        let r = run_args("--linux --cpus 2");
+        assert!(r.linux);
+        let g = crate::linux::LinuxGuest {
+            kernel: "target/linux/vmlinuz".into(),
+            initrd: "target/linux/initramfs.cpio".into(),
+            release: String::new(),
+            package: String::new(),
+            version: String::new(),
+        };
+        let w = r.with_linux(&g);
+        assert_eq!(w.guest.kernel, Some(g.kernel.clone()));
+        assert_eq!(w.guest.initrd, Some(g.initrd.clone()));
+        assert_eq!(w.guest.append.as_deref(), Some(crate::linux::APPEND));
+        assert_eq!((w.cpus, w.linux), (2, false));
+        for other in ["--kernel k", "--initrd i", "--guest smoke", "--append x"] {
+            let line = format!("run --linux {other}");
+            let e = parse(&line)
+                .err()
+                .unwrap_or_else(|| panic!("{line} accepted"));
+            assert!(e.to_string().contains("cannot be used with"), "{line}: {e}");
+        }
     }
 
     #[test]

@@ -18,7 +18,9 @@ mod bench_dirty;
 mod bench_fault;
 mod checks;
 mod cli;
+mod cpio;
 mod emu;
+mod linux;
 mod nospec;
 mod setup;
 mod spec;
@@ -78,8 +80,17 @@ fn check_guest(root: &Path, g: &GuestSpec) -> Result<()> {
 }
 
 fn cmd_run(a: &RunArgs) -> Result<i32> {
-    let (backend, g) = a.check()?;
     let root = workspace::root()?;
+    let with_linux;
+    let a = if a.linux {
+        let g = linux::prepare(&root)?;
+        eprintln!("xtask: --linux: {}", g.run_line());
+        with_linux = a.with_linux(&g);
+        &with_linux
+    } else {
+        a
+    };
+    let (backend, g) = a.check()?;
     check_guest(&root, &g)?;
     setup::ensure_toolchain(&root)?;
     let dir = artifacts::work_dir(&root).join("run");
@@ -237,6 +248,7 @@ fn main() {
             Ok(0)
         }),
         Cmd::Usage { update_readme } => cmd_usage(*update_readme),
+        Cmd::Linux => workspace::root().and_then(|root| linux::cmd(&root)),
     };
     match r {
         Ok(code) => std::process::exit(code),
