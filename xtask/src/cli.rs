@@ -113,6 +113,17 @@ pub enum BenchCmd {
         cargo xtask bench fault-path\n  \
         cargo xtask bench fault-path --threads 2 --quick")]
     FaultPath(crate::bench_fault::FaultPathArgs),
+    /// A Linux boot to the shell in Bochs, under the hypervisor and bare
+    ///
+    /// The showcase guest of `cargo xtask linux` boots to its shell twice:
+    /// nested (under the hypervisor) and bare (GRUB from a CD image, no
+    /// hypervisor). Prints for each the wall time to the shell's marker line,
+    /// the kernel's uptime then (emulated time) and Bochs' tick count, and
+    /// the ratios nested/bare when both were measured.
+    #[command(after_help = "Examples:\n  \
+        cargo xtask bench linux-boot\n  \
+        cargo xtask bench linux-boot --bare --stream")]
+    LinuxBoot(crate::bench_linux::LinuxBootArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -486,6 +497,7 @@ mod tests {
             "bench --help",
             "bench memslot --help",
             "bench dirty-log --help",
+            "bench linux-boot --help",
             "asm --help",
             "linux --help",
         ] {

@@ -16,6 +16,7 @@
 mod artifacts;
 mod bench_dirty;
 mod bench_fault;
+mod bench_linux;
 mod checks;
 mod cli;
 mod cpio;
@@ -242,6 +243,7 @@ fn main() {
             BenchCmd::Memslot(a) => cmd_bench_memslot(a),
             BenchCmd::DirtyLog(a) => bench_dirty::cmd(a),
             BenchCmd::FaultPath(a) => bench_fault::cmd(a),
+            BenchCmd::LinuxBoot(a) => bench_linux::cmd(a),
         },
         Cmd::Asm => workspace::root().and_then(|root| {
             println!("{}", nospec::run(&root)?);
