@@ -191,13 +191,23 @@ pub enum LogEnd {
 
 /// Reads a boot's serial log: the marker, or a line that means it will
 /// not come.
+/// The hypervisor's error lines before its result are quoted with it.
 pub fn log_end(log: &str) -> LogEnd {
+    let mut errors: Vec<&str> = Vec::new();
     for l in log.lines().map(str::trim) {
         if l == linux::MARKER {
             return LogEnd::Ready;
         }
-        if l.contains("Kernel panic") || l.starts_with("HV RESULT:") {
+        if l.starts_with("[ERROR") {
+            errors.push(l);
+        }
+        if l.contains("Kernel panic") {
             return LogEnd::Failed(l.to_string());
+        }
+        if l.starts_with("HV RESULT:") {
+            errors.push(l);
+            let last = &errors[errors.len().saturating_sub(4)..];
+            return LogEnd::Failed(last.join("\n    "));
         }
     }
     LogEnd::Running
@@ -468,6 +478,16 @@ mod tests {
         assert_eq!(
             log_end("HV RESULT: FAILURE\n"),
             LogEnd::Failed("HV RESULT: FAILURE".into())
+        );
+        let hv = "[INFO  cpu0] VMXON ok\n[ERROR cpu0] kernel: Linux bzImage recognised\n\
+                  [ERROR cpu0] could not build the VM\nHV RESULT: FAILURE\n";
+        assert_eq!(
+            log_end(hv),
+            LogEnd::Failed(
+                "[ERROR cpu0] kernel: Linux bzImage recognised\n    \
+                 [ERROR cpu0] could not build the VM\n    HV RESULT: FAILURE"
+                    .into()
+            )
         );
     }
 
