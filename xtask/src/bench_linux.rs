@@ -37,7 +37,7 @@ pub struct LinuxBootArgs {
     #[arg(long)]
     pub nested: bool,
     /// Give up on a boot after S seconds without the marker
-    #[arg(long, value_name = "S", default_value_t = 900, value_parser = checks::timeout)]
+    #[arg(long, value_name = "S", default_value_t = 1800, value_parser = checks::timeout)]
     pub timeout: u64,
     /// Copy the serial log to stdout as it comes
     #[arg(long)]
