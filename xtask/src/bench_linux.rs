@@ -49,9 +49,9 @@ pub struct LinuxBootArgs {
 pub struct Boot {
     /// From starting Bochs to the marker in the serial log.
     pub wall: Duration,
-    /// From starting Bochs to the kernel's first line (`Linux version`):
-    /// firmware, loader and decompression.
-    pub kernel_at: Option<Duration>,
+    /// From starting Bochs to each milestone line seen (GRUB done, the
+    /// kernel's first line), in order.
+    pub milestones: Vec<(&'static str, Duration)>,
     /// The kernel's uptime at the marker, seconds (guest clock).
     pub uptime: Option<f64>,
     /// Bochs' tick count just after the marker.
@@ -92,6 +92,7 @@ pub fn grub_cfg(kernel: &str, initrd: &str, append: &str) -> Result<String> {
          menuentry \"Linux (bare)\" {{\n\
          \x20   linux {kernel} {append}\n\
          \x20   initrd {initrd}\n\
+         \x20   echo {GRUB_LOADED}\n\
          }}\n"
     ))
 }
@@ -177,6 +178,14 @@ pub fn nested(root: &Path, g: &LinuxGuest, a: &LinuxBootArgs) -> Result<Boot> {
 
 /// The kernel's first console line starts so (init/main.c's banner).
 const KERNEL_FIRST_LINE: &str = "Linux version ";
+/// What GRUB prints when it has loaded the kernel and the initramfs.
+const GRUB_LOADED: &str = "GRUB: kernel and initramfs loaded";
+
+/// Lines whose wall time is noted: (what, the text that shows it).
+const MILESTONES: &[(&str, &str)] = &[
+    ("GRUB loaded the files", GRUB_LOADED),
+    ("kernel's first line", KERNEL_FIRST_LINE),
+];
 
 /// How a boot's serial log ends, so far.
 #[derive(Debug, PartialEq)]
@@ -245,7 +254,7 @@ fn boot(spec: &RunSpec, image: &Path, media: Media) -> Result<Boot> {
     let mut child = cmd.spawn().context("starting bochs")?;
     let mut file = std::fs::File::open(&log_path)?;
     let mut log = Vec::new();
-    let mut kernel_at = None;
+    let mut milestones = Vec::new();
     let ended = loop {
         let mut chunk = Vec::new();
         file.seek(SeekFrom::Start(log.len() as u64))?;
@@ -257,8 +266,10 @@ fn boot(spec: &RunSpec, image: &Path, media: Media) -> Result<Boot> {
         }
         log.extend_from_slice(&chunk);
         let text = String::from_utf8_lossy(&log);
-        if kernel_at.is_none() && text.contains(KERNEL_FIRST_LINE) {
-            kernel_at = Some(start.elapsed());
+        for &(what, line) in MILESTONES {
+            if !milestones.iter().any(|&(w, _)| w == what) && text.contains(line) {
+                milestones.push((what, start.elapsed()));
+            }
         }
         match log_end(&text) {
             LogEnd::Ready => break Ok(start.elapsed()),
@@ -313,7 +324,7 @@ fn boot(spec: &RunSpec, image: &Path, media: Media) -> Result<Boot> {
         .unwrap_or_default();
     Ok(Boot {
         wall,
-        kernel_at,
+        milestones,
         uptime: uptime_of(&log),
         ticks: ticks_of(&emulator_out),
         log: log_path,
@@ -322,11 +333,13 @@ fn boot(spec: &RunSpec, image: &Path, media: Media) -> Result<Boot> {
 
 fn describe(b: &Boot) -> String {
     let mut s = format!("{:7.1} s wall", b.wall.as_secs_f64());
-    if let Some(k) = b.kernel_at {
-        s.push_str(&format!(
-            " (kernel's first line at {:.1} s)",
-            k.as_secs_f64()
-        ));
+    if !b.milestones.is_empty() {
+        let m: Vec<String> = b
+            .milestones
+            .iter()
+            .map(|(what, t)| format!("{what} at {:.1} s", t.as_secs_f64()))
+            .collect();
+        s.push_str(&format!(" ({})", m.join(", ")));
     }
     match b.uptime {
         Some(u) => s.push_str(&format!(", kernel uptime {u:.2} s (emulated)")),
@@ -448,6 +461,7 @@ mod tests {
             "set timeout=0",
             "linux /boot/vmlinuz console=ttyS0 quiet",
             "initrd /boot/initramfs.cpio",
+            "echo GRUB: kernel and initramfs loaded",
         ] {
             assert!(lines.contains(&want), "{want}:\n{c}");
         }
@@ -508,7 +522,7 @@ mod tests {
     fn the_report_prints_what_was_measured_and_the_ratio_of_both() {
         let b = |wall: u64, up: f64, t: u64| Boot {
             wall: Duration::from_secs(wall),
-            kernel_at: Some(Duration::from_secs(wall / 3)),
+            milestones: vec![("kernel's first line", Duration::from_secs(wall / 3))],
             uptime: Some(up),
             ticks: Some(t),
             log: PathBuf::new(),
