@@ -64,6 +64,11 @@ pub enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// Prepare the showcase Linux guest (Debian kernel, busybox initramfs) in target/linux
+    #[command(after_help = "Example:\n  \
+        cargo xtask linux\n  \
+        cargo xtask run --linux")]
+    Linux,
     /// The disassembly behind the speculation check
     #[command(after_help = "Example:\n  cargo xtask asm")]
     Asm,
@@ -108,6 +113,17 @@ pub enum BenchCmd {
         cargo xtask bench fault-path\n  \
         cargo xtask bench fault-path --threads 2 --quick")]
     FaultPath(crate::bench_fault::FaultPathArgs),
+    /// A Linux boot to the shell in Bochs, under the hypervisor and bare
+    ///
+    /// The showcase guest of `cargo xtask linux` boots to its shell twice:
+    /// nested (under the hypervisor) and bare (GRUB from a CD image, no
+    /// hypervisor). Prints for each the wall time to the shell's marker line,
+    /// the kernel's uptime then (emulated time) and Bochs' tick count, and
+    /// the ratios nested/bare when both were measured.
+    #[command(after_help = "Examples:\n  \
+        cargo xtask bench linux-boot\n  \
+        cargo xtask bench linux-boot --bare --stream")]
+    LinuxBoot(crate::bench_linux::LinuxBootArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -263,6 +279,10 @@ pub struct RunArgs {
     pub timeout: u64,
     #[command(flatten)]
     pub guest: GuestArgs,
+    /// Boot the showcase Linux guest: --kernel, --initrd and --append of
+    /// `cargo xtask linux` (which runs first if needed)
+    #[arg(long, conflicts_with_all = ["guest", "kernel", "initrd", "append"])]
+    pub linux: bool,
     /// Print the run's SUMMARY object on stdout instead of streaming the log
     #[arg(long)]
     pub json: bool,
@@ -289,6 +309,17 @@ impl RunArgs {
             None if self.json => Input::None,
             None => Input::Terminal,
         })
+    }
+
+    /// These options with the showcase guest's kernel, initramfs and
+    /// command line (`--linux`).
+    pub fn with_linux(&self, g: &crate::linux::LinuxGuest) -> RunArgs {
+        let mut a = self.clone();
+        a.guest.kernel = Some(g.kernel.clone());
+        a.guest.initrd = Some(g.initrd.clone());
+        a.guest.append = Some(crate::linux::APPEND.to_string());
+        a.linux = false;
+        a
     }
 
     /// Every check that takes more than one option; the backend resolved.
@@ -488,7 +519,9 @@ mod tests {
             "bench --help",
             "bench memslot --help",
             "bench dirty-log --help",
+            "bench linux-boot --help",
             "asm --help",
+            "linux --help",
         ] {
             let e = parse(line).unwrap_err();
             assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp, "{line}");
@@ -534,6 +567,31 @@ mod tests {
             (g.cache, g.cpus, g.readonly_slot),
             (CacheMode::None, 4, Some(7))
         );
+    }
+
+    #[test]
+    fn run_linux_takes_the_showcase_guest() {
+        let r = run_args("--linux --cpus 2");
+        assert!(r.linux);
+        let g = crate::linux::LinuxGuest {
+            kernel: "target/linux/vmlinuz".into(),
+            initrd: "target/linux/initramfs.cpio".into(),
+            release: String::new(),
+            package: String::new(),
+            version: String::new(),
+        };
+        let w = r.with_linux(&g);
+        assert_eq!(w.guest.kernel, Some(g.kernel.clone()));
+        assert_eq!(w.guest.initrd, Some(g.initrd.clone()));
+        assert_eq!(w.guest.append.as_deref(), Some(crate::linux::APPEND));
+        assert_eq!((w.cpus, w.linux), (2, false));
+        for other in ["--kernel k", "--initrd i", "--guest smoke", "--append x"] {
+            let line = format!("run --linux {other}");
+            let e = parse(&line)
+                .err()
+                .unwrap_or_else(|| panic!("{line} accepted"));
+            assert!(e.to_string().contains("cannot be used with"), "{line}: {e}");
+        }
     }
 
     #[test]

@@ -220,7 +220,41 @@ pub fn needs(backend: Backend, firmware: Firmware) -> Vec<&'static [setup::Need]
     }
 }
 
+/// What Bochs boots: a disk image (the hypervisor's) or a CD-ROM image
+/// (ISO 9660 with El Torito, e.g. from grub-mkrescue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Media {
+    Disk,
+    Cdrom,
+}
+
+impl Media {
+    /// The bochsrc lines that attach `image` as the first ATA drive and boot it.
+    fn bochsrc(self, image: &Path) -> String {
+        let img = image.display();
+        match self {
+            Media::Disk => {
+                format!("ata0-master: type=disk, path=\"{img}\", mode=flat\nboot: disk\n")
+            }
+            Media::Cdrom => {
+                format!("ata0-master: type=cdrom, path=\"{img}\", status=inserted\nboot: cdrom\n")
+            }
+        }
+    }
+}
+
 fn bochs_command(spec: &RunSpec, image: &Path, serial_port: u16) -> Result<Command> {
+    bochs_command_for(spec, image, Media::Disk, serial_port)
+}
+
+/// Bochs booting `image` as `media`, its COM1 connected to local TCP port
+/// `serial_port` (a [`SerialLine`]).
+pub fn bochs_command_for(
+    spec: &RunSpec,
+    image: &Path,
+    media: Media,
+    serial_port: u16,
+) -> Result<Command> {
     // UEFI under Bochs was refused with the options (cmd_run).
     let model = spec.cpu_model.as_deref().unwrap_or(BOCHS_DEFAULT_MODEL);
     // 1 MiB-aligned, at least what the bootloader and hypervisor need.
@@ -229,8 +263,7 @@ fn bochs_command(spec: &RunSpec, image: &Path, serial_port: u16) -> Result<Comma
          romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
          vgaromimage: file=/usr/share/vgabios/vgabios.bin\n\
          cpu: model={model}, count={cpus}, ips=50000000, reset_on_triple_fault=0\n\
-         ata0-master: type=disk, path=\"{img}\", mode=flat\n\
-         boot: disk\n\
+         {drive}\
          display_library: sdl2\n\
          com1: enabled=1, mode=socket-client, dev=127.0.0.1:{serial_port}\n\
          clock: sync=none, time0=local\n\
@@ -241,7 +274,7 @@ fn bochs_command(spec: &RunSpec, image: &Path, serial_port: u16) -> Result<Comma
          debug: action=ignore\n",
         mem = spec.mem_mib,
         cpus = spec.cpus,
-        img = image.display(),
+        drive = media.bochsrc(image),
         blog = spec.dir.join("bochs.log").display(),
     );
     let rc_path = spec.dir.join("bochsrc");

@@ -16,10 +16,13 @@
 mod artifacts;
 mod bench_dirty;
 mod bench_fault;
+mod bench_linux;
 mod checks;
 mod cli;
 mod console;
+mod cpio;
 mod emu;
+mod linux;
 mod nospec;
 mod setup;
 mod spec;
@@ -79,8 +82,17 @@ fn check_guest(root: &Path, g: &GuestSpec) -> Result<()> {
 }
 
 fn cmd_run(a: &RunArgs) -> Result<i32> {
-    let (backend, g) = a.check()?;
     let root = workspace::root()?;
+    let with_linux;
+    let a = if a.linux {
+        let g = linux::prepare(&root)?;
+        eprintln!("xtask: --linux: {}", g.run_line());
+        with_linux = a.with_linux(&g);
+        &with_linux
+    } else {
+        a
+    };
+    let (backend, g) = a.check()?;
     check_guest(&root, &g)?;
     setup::ensure_toolchain(&root)?;
     let dir = artifacts::work_dir(&root).join("run");
@@ -237,12 +249,14 @@ fn main() {
             BenchCmd::Memslot(a) => cmd_bench_memslot(a),
             BenchCmd::DirtyLog(a) => bench_dirty::cmd(a),
             BenchCmd::FaultPath(a) => bench_fault::cmd(a),
+            BenchCmd::LinuxBoot(a) => bench_linux::cmd(a),
         },
         Cmd::Asm => workspace::root().and_then(|root| {
             println!("{}", nospec::run(&root)?);
             Ok(0)
         }),
         Cmd::Usage { update_readme } => cmd_usage(*update_readme),
+        Cmd::Linux => workspace::root().and_then(|root| linux::cmd(&root)),
     };
     match r {
         Ok(code) => std::process::exit(code),

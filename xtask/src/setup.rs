@@ -47,6 +47,28 @@ pub const OVMF: &[Need] = &[
     },
 ];
 
+/// A BIOS-bootable CD image with GRUB (`grub-mkrescue`): the bare Linux
+/// boot of `cargo xtask bench linux-boot`. mtools is what grub-mkrescue
+/// builds its EFI image with.
+pub const GRUB_ISO: &[Need] = &[
+    Need {
+        path: "/usr/bin/grub-mkrescue",
+        package: "grub-common",
+    },
+    Need {
+        path: "/usr/lib/grub/i386-pc/cdboot.img",
+        package: "grub-pc-bin",
+    },
+    Need {
+        path: "/usr/bin/xorriso",
+        package: "xorriso",
+    },
+    Need {
+        path: "/usr/bin/mformat",
+        package: "mtools",
+    },
+];
+
 /// Makes sure every needed file is there, installing the packages as root.
 pub fn ensure(needs: &[&[Need]]) -> Result<()> {
     let mut missing: Vec<&str> = needs
