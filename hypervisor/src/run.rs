@@ -131,7 +131,12 @@ fn arm_timer(v: &mut KernelVcpu, console: Option<u64>) -> Result<(), Stop> {
         let quiet = arch::rdtsc().wrapping_sub(v.last_progress);
         ticks = v.watchdog_tsc.saturating_sub(quiet).max(1);
     }
-    let deadline = match (vm.irq.next_deadline_ns(v.id), console) {
+    let timers = if vm.irq.is_active() {
+        vm.irq.next_deadline_ns(v.id)
+    } else {
+        None
+    };
+    let deadline = match (timers, console) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
@@ -238,7 +243,12 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
         v.service_requests();
         // INIT resets an AP into wait-for-SIPI (SDM 9.1, 11.6.1); a SIPI to
         // a running vCPU is ignored (the router drops it).
-        if let Some(CpuEvent::Init { wait_for_sipi: ap }) = vm.irq.take_cpu_event(v.id) {
+        let event = if vm.irq.is_active() {
+            vm.irq.take_cpu_event(v.id)
+        } else {
+            None
+        };
+        if let Some(CpuEvent::Init { wait_for_sipi: ap }) = event {
             if !ap {
                 break Stop::Reset {
                     cause: String::from("INIT to the bootstrap processor"),

@@ -16,6 +16,7 @@ use crate::vmx::fields::VmcsNatural;
 use alloc::format;
 
 pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
+    v.vm.irq.activate();
     let q = IoQualification::from_qualification(v.vmcs.read_nat(VmcsNatural::ExitQualification)?);
     if !matches!(q.size, 1 | 2 | 4) {
         return Err(v.contain(

@@ -228,6 +228,7 @@ pub fn emulate<H: Hw, M: HostMemory>(
     gpa: u64,
     q: &EptViolation,
 ) -> Result<Action, Stop> {
+    v.vm.irq.activate();
     if q.fetch {
         return Err(v.contain(
             "instruction fetch from an MMIO range",

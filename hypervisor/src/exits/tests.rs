@@ -412,6 +412,15 @@ fn unclaimed_ports_read_all_ones_into_the_access_size_only() {
 }
 
 #[test]
+fn the_first_port_access_turns_the_interrupt_polls_on() {
+    let (vm, _) = vm();
+    assert!(!vm.irq.is_active(), "a new VM polls nothing");
+    let mut v = vcpu(vm, 1, io(0x3fd, 1, true, false));
+    resumes(dispatch(&mut v, ExitReason::IoInstruction));
+    assert!(vm.irq.is_active());
+}
+
+#[test]
 fn com1_output_goes_through_the_16550_a_line_at_a_time() {
     let (vm, out) = vm();
     let mut v = vcpu(vm, 1, io(0x3f8, 1, false, false));

@@ -103,7 +103,7 @@ use crate::machine::pc::Platform;
 use alloc::boxed::Box;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Mutex;
 
 /// What is waiting for the vCPU.
@@ -491,6 +491,8 @@ pub struct Router {
     kicker: spin::Once<&'static (dyn Fn(u32) + Sync)>,
     /// Messages refused (reserved or SMI delivery modes from the I/O APIC).
     dropped: AtomicU64,
+    /// The guest has touched the interrupt hardware ([`Router::activate`]).
+    active: AtomicBool,
 }
 
 impl core::fmt::Debug for Router {
@@ -542,6 +544,7 @@ impl Router {
                 deferred: Mutex::new(KickSet::default()),
                 kicker: spin::Once::new(),
                 dropped: AtomicU64::new(0),
+                active: AtomicBool::new(false),
             }
         });
         Ok(router)
@@ -564,6 +567,26 @@ impl Router {
         let com1 = router.isa_line(4)?;
         p.com1.lock().set_irq_line(com1);
         Ok(router)
+    }
+
+    /// The guest made a port or MMIO access: from now on every entry polls
+    /// the router ([`Router::is_active`]). Until the first, nothing can be
+    /// pending anywhere: every source of an interrupt, NMI, INIT or SIPI (an
+    /// APIC register, the ICR, the 8259, the PIT, the I/O APIC, a UART's
+    /// IER) is programmed through one, and the devices start quiet. Native
+    /// guests that only fault and call the hypervisor (the dirty-log
+    /// benchmark) never pay for the polls. Called by the I/O and MMIO exits
+    /// before they reach a device.
+    pub fn activate(&self) {
+        if !self.active.load(Ordering::Relaxed) {
+            self.active.store(true, Ordering::Release);
+        }
+    }
+
+    /// Whether [`Router::activate`] was called: entries poll the router
+    /// only then.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
     }
 
     /// How many vCPUs.

@@ -107,6 +107,11 @@ impl<H: Hw, M: HostMemory> Vcpu<'_, H, M> {
     /// taken from the APIC or the 8259 that is not delivered.
     pub fn deliver_events(&mut self) -> Result<(), Stop> {
         let router = &self.vm.irq;
+        // Nothing can be pending before the guest touches the interrupt
+        // hardware, and no window was opened (`Router::activate`).
+        if !router.is_active() {
+            return Ok(());
+        }
         router.poll_timers_for(self.id);
         let pending = router.pending_for(self.id);
         let entry = InterruptionInfo::from_raw(self.vmcs.read32(Vmcs32::VmEntryInterruptionInfo)?);

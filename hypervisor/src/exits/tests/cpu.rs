@@ -435,6 +435,8 @@ fn pending_interrupts_are_injected_or_wait_for_the_window() {
         l.mmio_write(crate::devices::lapic::reg::SVR, &0x1ffu32.to_le_bytes());
         assert!(l.accept_irq(0x41, false));
     }
+    // As the MMIO exit that programmed the APIC would.
+    vm.irq.activate();
     let window = PrimaryProcBased::INTERRUPT_WINDOW_EXITING.bits();
     // RFLAGS.IF = 0: wait for the window.
     let mut v = vcpu(vm, 0, 0);

@@ -130,7 +130,12 @@ fn mmio_store_and_load_reach_the_device_in_64_bit_mode() {
     v.vmcs
         .write32(Vmcs32::GuestInterruptibilityState, 1 | (1 << 3))
         .unwrap();
+    assert!(!vm.irq.is_active());
     resumes(mmio_fault(&mut v, WRITE));
+    assert!(
+        vm.irq.is_active(),
+        "an MMIO access turns the interrupt polls on"
+    );
     assert_eq!(
         v.vmcs.read32(Vmcs32::GuestInterruptibilityState).unwrap(),
         1 << 3,
