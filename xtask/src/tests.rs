@@ -52,6 +52,12 @@ pub enum TestKernel {
     },
     /// A file made by this function (the negative cases).
     Bytes(fn() -> Vec<u8>),
+    /// A file made by this function, booted with `--append` and
+    /// [`test_initrd`] as `--initrd`.
+    BytesWith {
+        make: fn() -> Vec<u8>,
+        append: &'static str,
+    },
 }
 
 /// The `--initrd` of kernel tests: 5000 bytes that are not all alike.
@@ -129,12 +135,102 @@ fn elf32_kernel() -> Vec<u8> {
     elf32_multiboot(0x20_0000, 0x200, None)
 }
 
-fn linux_bzimage() -> Vec<u8> {
-    let mut k = vec![0u8; 0x1000];
-    k[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
-    k[0x202..0x206].copy_from_slice(b"HdrS");
-    k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+/// 64-bit code entered at a bzImage's 64-bit entry (GNU as, AT&T syntax):
+/// checks CS = 0x10, SS = DS = 0x18, "HdrS" and type_of_loader 0xFF in the
+/// zero page at RSI, "RSD PTR " at acpi_rsdp_addr and IF = 0, printing the
+/// first failing check's letter; then prints the command line at
+/// cmd_line_ptr, ramdisk_size and the initrd's first 4 bytes (in hex) on
+/// COM1 and does `cli; hlt`. It uses the stack for `call`.
+/// ```text
+///     mov $0x3f8,%dx
+///     mov %cs,%ax;  mov $'C',%bl; cmp $0x10,%ax; jne bad
+///     mov %ss,%ax;  mov $'S',%bl; cmp $0x18,%ax; jne bad
+///     mov %ds,%ax;  mov $'D',%bl; cmp $0x18,%ax; jne bad
+///     mov $'H',%bl; cmpl $0x53726448,0x202(%rsi); jne bad
+///     mov $'T',%bl; cmpb $0xff,0x210(%rsi); jne bad
+///     mov $'R',%bl; mov 0x70(%rsi),%rdi; movabs $0x2052545020445352,%rax
+///     cmp %rax,(%rdi); jne bad
+///     mov $'I',%bl; pushf; pop %rax; test $0x200,%eax; jnz bad
+///     lea ok(%rip),%rdi; call puts; mov 0x228(%rsi),%edi; call puts
+///     lea rd(%rip),%rdi; call puts; mov 0x21c(%rsi),%eax; call puthex
+///     lea first(%rip),%rdi; call puts; mov 0x218(%rsi),%edi; mov (%rdi),%eax
+///     call puthex; mov $'\n',%al; out %al,%dx; cli; hlt
+/// bad: lea badmsg(%rip),%rdi; call puts; mov %bl,%al; out %al,%dx
+///     mov $'\n',%al; out %al,%dx; cli; hlt
+/// puts: movb (%rdi),%al; test %al,%al; jz 1f; out %al,%dx; inc %rdi; jmp puts
+/// 1:  ret
+/// puthex: mov %eax,%r8d; mov $8,%ecx; lea hexd(%rip),%r9
+/// 2:  rol $4,%r8d; mov %r8d,%eax; and $0xf,%eax; movb (%r9,%rax),%al
+///     out %al,%dx; dec %ecx; jnz 2b; ret
+/// ok: .asciz "linux64: entry state ok, cmdline \""; rd: .asciz "\", initrd 0x"
+/// first: .asciz " bytes starting 0x"; badmsg: .asciz "linux64: bad entry state: "
+/// hexd: .ascii "0123456789abcdef"
+/// ```
+const LINUX64_CODE: [u8; 360] = [
+    0x66, 0xba, 0xf8, 0x03, 0x66, 0x8c, 0xc8, 0xb3, 0x43, 0x66, 0x83, 0xf8, 0x10, 0x0f, 0x85, 0xa3,
+    0x00, 0x00, 0x00, 0x66, 0x8c, 0xd0, 0xb3, 0x53, 0x66, 0x83, 0xf8, 0x18, 0x0f, 0x85, 0x94, 0x00,
+    0x00, 0x00, 0x66, 0x8c, 0xd8, 0xb3, 0x44, 0x66, 0x83, 0xf8, 0x18, 0x0f, 0x85, 0x85, 0x00, 0x00,
+    0x00, 0xb3, 0x48, 0x81, 0xbe, 0x02, 0x02, 0x00, 0x00, 0x48, 0x64, 0x72, 0x53, 0x75, 0x77, 0xb3,
+    0x54, 0x80, 0xbe, 0x10, 0x02, 0x00, 0x00, 0xff, 0x75, 0x6c, 0xb3, 0x52, 0x48, 0x8b, 0x7e, 0x70,
+    0x48, 0xb8, 0x52, 0x53, 0x44, 0x20, 0x50, 0x54, 0x52, 0x20, 0x48, 0x39, 0x07, 0x75, 0x57, 0xb3,
+    0x49, 0x9c, 0x58, 0xa9, 0x00, 0x02, 0x00, 0x00, 0x75, 0x4c, 0x48, 0x8d, 0x3d, 0x89, 0x00, 0x00,
+    0x00, 0xe8, 0x54, 0x00, 0x00, 0x00, 0x8b, 0xbe, 0x28, 0x02, 0x00, 0x00, 0xe8, 0x49, 0x00, 0x00,
+    0x00, 0x48, 0x8d, 0x3d, 0x95, 0x00, 0x00, 0x00, 0xe8, 0x3d, 0x00, 0x00, 0x00, 0x8b, 0x86, 0x1c,
+    0x02, 0x00, 0x00, 0xe8, 0x3f, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x3d, 0x8b, 0x00, 0x00, 0x00, 0xe8,
+    0x26, 0x00, 0x00, 0x00, 0x8b, 0xbe, 0x18, 0x02, 0x00, 0x00, 0x8b, 0x07, 0xe8, 0x26, 0x00, 0x00,
+    0x00, 0xb0, 0x0a, 0xee, 0xfa, 0xf4, 0x48, 0x8d, 0x3d, 0x80, 0x00, 0x00, 0x00, 0xe8, 0x08, 0x00,
+    0x00, 0x00, 0x88, 0xd8, 0xee, 0xb0, 0x0a, 0xee, 0xfa, 0xf4, 0x8a, 0x07, 0x84, 0xc0, 0x74, 0x06,
+    0xee, 0x48, 0xff, 0xc7, 0xeb, 0xf4, 0xc3, 0x41, 0x89, 0xc0, 0xb9, 0x08, 0x00, 0x00, 0x00, 0x4c,
+    0x8d, 0x0d, 0x72, 0x00, 0x00, 0x00, 0x41, 0xc1, 0xc0, 0x04, 0x44, 0x89, 0xc0, 0x83, 0xe0, 0x0f,
+    0x41, 0x8a, 0x04, 0x01, 0xee, 0xff, 0xc9, 0x75, 0xed, 0xc3, 0x6c, 0x69, 0x6e, 0x75, 0x78, 0x36,
+    0x34, 0x3a, 0x20, 0x65, 0x6e, 0x74, 0x72, 0x79, 0x20, 0x73, 0x74, 0x61, 0x74, 0x65, 0x20, 0x6f,
+    0x6b, 0x2c, 0x20, 0x63, 0x6d, 0x64, 0x6c, 0x69, 0x6e, 0x65, 0x20, 0x22, 0x00, 0x22, 0x2c, 0x20,
+    0x69, 0x6e, 0x69, 0x74, 0x72, 0x64, 0x20, 0x30, 0x78, 0x00, 0x20, 0x62, 0x79, 0x74, 0x65, 0x73,
+    0x20, 0x73, 0x74, 0x61, 0x72, 0x74, 0x69, 0x6e, 0x67, 0x20, 0x30, 0x78, 0x00, 0x6c, 0x69, 0x6e,
+    0x75, 0x78, 0x36, 0x34, 0x3a, 0x20, 0x62, 0x61, 0x64, 0x20, 0x65, 0x6e, 0x74, 0x72, 0x79, 0x20,
+    0x73, 0x74, 0x61, 0x74, 0x65, 0x3a, 0x20, 0x00, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37,
+    0x38, 0x39, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66,
+];
+
+/// A synthetic bzImage of protocol `version` (boot.rst): one setup sector,
+/// relocatable, 2 MiB alignment, pref_address 16 MiB, init_size 64 KiB;
+/// its protected-mode part holds `hlt`s up to the 64-bit entry at +0x200,
+/// then [`LINUX64_CODE`].
+fn bzimage(version: u16, xloadflags: u16) -> Vec<u8> {
+    let setup = 2 * 512;
+    let mut k = vec![0u8; setup + 0x200];
+    k[setup..].fill(0xf4);
+    k.extend(LINUX64_CODE);
+    k.resize(k.len().next_multiple_of(16), 0);
+    let put = |k: &mut Vec<u8>, at: usize, v: &[u8]| k[at..at + v.len()].copy_from_slice(v);
+    put(&mut k, 0x1f1, &[1]); // setup_sects
+    let syssize = ((k.len() - setup) / 16) as u32;
+    put(&mut k, 0x1f4, &syssize.to_le_bytes());
+    put(&mut k, 0x1fe, &[0x55, 0xaa]);
+    put(&mut k, 0x200, &[0xeb, 0x6a]); // the header ends at 0x26c
+    put(&mut k, 0x202, b"HdrS");
+    put(&mut k, 0x206, &version.to_le_bytes());
+    put(&mut k, 0x211, &[0x01]); // loadflags: LOADED_HIGH
+    put(&mut k, 0x22c, &0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    put(&mut k, 0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
+    put(&mut k, 0x234, &[1, 21]); // relocatable_kernel, min_alignment
+    put(&mut k, 0x236, &xloadflags.to_le_bytes());
+    put(&mut k, 0x238, &0x7ffu32.to_le_bytes()); // cmdline_size
+    put(&mut k, 0x258, &0x100_0000u64.to_le_bytes()); // pref_address
+    put(&mut k, 0x260, &0x1_0000u32.to_le_bytes()); // init_size
     k
+}
+
+fn linux_entry_kernel() -> Vec<u8> {
+    bzimage(0x020f, 0x3)
+}
+
+fn linux_protocol_2_11() -> Vec<u8> {
+    bzimage(0x020b, 0x3)
+}
+
+fn linux_no_64_bit_entry() -> Vec<u8> {
+    bzimage(0x020f, 0x2)
 }
 
 fn not_a_kernel() -> Vec<u8> {
@@ -171,6 +267,13 @@ impl TestKernel {
                 let path = dir.join(&g.guest);
                 std::fs::write(&path, make())?;
                 KernelSpec::new(path, String::new(), None)
+            }
+            TestKernel::BytesWith { make, append } => {
+                let path = dir.join(&g.guest);
+                std::fs::write(&path, make())?;
+                let initrd_path = dir.join("initrd.bin");
+                std::fs::write(&initrd_path, test_initrd())?;
+                KernelSpec::new(path, append.into(), Some(initrd_path))
             }
         };
         k.check_files()?;
@@ -674,11 +777,39 @@ pub fn cases() -> Vec<Case> {
         ])
         .absent(&["bad magic"]),
     );
+    // The Linux boot protocol's 64-bit entry: the synthetic bzImage checks
+    // its entry state and prints what the zero page hands it.
+    v.push(
+        Case::kernel(
+            "bochs-kernel-linux-entry",
+            "bzimage.bin",
+            TestKernel::BytesWith {
+                make: linux_entry_kernel,
+                append: "console=ttyS0 some words",
+            },
+            Failure,
+        )
+        .contains(&[
+            "linux: boot protocol 2.15, kernel at [0x1000000, 0x1010000) (init_size), entry \
+             0x1000200 in 64-bit mode, zero page at 0x7000, command line at 0x20000, initrd at \
+             [0x7ffe000, 0x7fff388)",
+            "[vcpu0] linux64: entry state ok, cmdline \"console=ttyS0 some words\", initrd \
+             0x00001388 bytes starting 0x5d3e1f00",
+            "HLT with interrupts disabled",
+        ])
+        .absent(&["bad entry state", "CONTAINED"]),
+    );
     for (name, make, says) in [
         (
-            "linux-bzimage",
-            linux_bzimage as fn() -> Vec<u8>,
-            "kernel: Linux bzImage recognised (boot protocol 2.15); booting it comes in a later issue",
+            "linux-protocol-2.11",
+            linux_protocol_2_11 as fn() -> Vec<u8>,
+            "kernel: Linux boot protocol 2.11 is too old: the 64-bit entry needs protocol 2.12 \
+             or later (xloadflags)",
+        ),
+        (
+            "linux-no-64-bit-entry",
+            linux_no_64_bit_entry,
+            "kernel: Linux kernel has no 64-bit entry (xloadflags 0x0002 without XLF_KERNEL_64)",
         ),
         (
             "not-a-kernel",
@@ -1042,10 +1173,32 @@ mod unit {
         let g = elf32_kernel();
         let p = plan(&g, &h(&g), &board).unwrap();
         assert_eq!((p.entry, p.start, p.end), (0x20_0000, 0x20_0000, 0x20_0200));
+        // The Linux kernels: the good one parses and loads, the bad ones are
+        // refused for what their names say.
+        use hypervisor::boot::linux::{self, LinuxError};
         assert!(matches!(
-            detect(&linux_bzimage()),
-            Err(hypervisor::boot::format::FormatError::LinuxNotYet { version: 0x20f })
+            detect(&linux_entry_kernel()),
+            Ok(KernelFormat::LinuxBzImage { version: 0x20f })
         ));
+        let h = linux::parse(&linux_entry_kernel()).unwrap();
+        assert_eq!((h.kernel_offset(), h.end), (0x400, 0x26c));
+        let p = linux::plan(&linux_entry_kernel(), &h, &board, "x", 5000).unwrap();
+        assert_eq!((p.kernel, p.kernel_end), (0x100_0000, 0x101_0000));
+        assert_eq!(p.initrd, Some((0x7ffe000, 0x7ffe000 + 5000)));
+        assert_eq!(
+            &LINUX64_CODE[..4],
+            &[0x66, 0xba, 0xf8, 0x03],
+            "mov $0x3f8, %dx"
+        );
+        assert_eq!(
+            linux::parse(&linux_protocol_2_11()),
+            Err(LinuxError::TooOld { version: 0x20b })
+        );
+        assert_eq!(
+            linux::parse(&linux_no_64_bit_entry()),
+            Err(LinuxError::No64BitEntry { xloadflags: 2 })
+        );
+        assert_eq!(&test_initrd()[..4], &[0x00, 0x1f, 0x3e, 0x5d]);
         assert_eq!(fnv1a(b"a"), 0xe40c_292c);
     }
 
