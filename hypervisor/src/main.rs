@@ -267,6 +267,15 @@ mod kernel {
                 k.cmdline,
                 range(k.initrd)
             ),
+            Some(KernelLoaded::Pvh(k)) => info!(
+                "pvh: kernel at [{:#x}, {:#x}), entry {:#x} in 32-bit protected mode, start info \
+                 at {:#x}, initrd {}",
+                k.kernel.0,
+                k.kernel.1,
+                k.entry,
+                k.start_info,
+                range(k.initrd)
+            ),
             None => {}
         }
 

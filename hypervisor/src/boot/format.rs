@@ -6,7 +6,9 @@
 //! 2. a Linux boot protocol setup header ("HdrS" at 0x202 and the boot
 //!    sector's 0xAA55 at 0x1FE) → [`KernelFormat::LinuxBzImage`], whose
 //!    header `boot::linux` checks;
-//! 3. anything else is refused, saying what was checked.
+//! 3. an ELF with a `XEN_ELFNOTE_PHYS32_ENTRY` note → [`KernelFormat::Pvh`]
+//!    (an uncompressed Linux `vmlinux`, booted by the PVH ABI);
+//! 4. anything else is refused, saying what was checked.
 
 use crate::boot::multiboot::{self, Header, Scan};
 use core::fmt;
@@ -17,6 +19,10 @@ pub enum KernelFormat {
     /// A Linux bzImage (boot protocol version from the header).
     LinuxBzImage {
         version: u16,
+    },
+    /// An ELF kernel with a PVH entry note: its 32-bit entry point.
+    Pvh {
+        entry: u64,
     },
 }
 
@@ -55,7 +61,10 @@ impl fmt::Display for FormatError {
                     )?;
                 }
                 if elf {
-                    f.write_str("; it is an ELF file, but ELF alone is not a boot protocol")?;
+                    f.write_str(
+                        "; it is an ELF file without a PVH entry note \
+                         (XEN_ELFNOTE_PHYS32_ENTRY), and ELF alone is not a boot protocol",
+                    )?;
                 }
                 Ok(())
             }
@@ -84,6 +93,9 @@ pub fn detect(image: &[u8]) -> Result<KernelFormat, FormatError> {
             .get(VERSION..VERSION + 2)
             .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
         return Ok(KernelFormat::LinuxBzImage { version });
+    }
+    if let Some(entry) = crate::boot::pvh::entry_note(image) {
+        return Ok(KernelFormat::Pvh { entry });
     }
     Err(FormatError::Unknown {
         len: image.len(),

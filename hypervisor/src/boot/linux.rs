@@ -397,7 +397,13 @@ fn lowest_fit(board: &Board, size: u64, align: u64, min: u64, taken: &[Range]) -
 
 /// The highest `align`-aligned start of `size` bytes in usable RAM that ends
 /// at or below `limit` and overlaps nothing in `taken`.
-fn highest_fit(board: &Board, size: u64, align: u64, limit: u64, taken: &[Range]) -> Option<u64> {
+pub(crate) fn highest_fit(
+    board: &Board,
+    size: u64,
+    align: u64,
+    limit: u64,
+    taken: &[Range],
+) -> Option<u64> {
     let regions: Vec<_> = board.usable().collect();
     for r in regions.iter().rev() {
         let mut top = r.end.min(limit);

@@ -10,7 +10,7 @@ use crate::boot::elf;
 use crate::boot::format::{self, KernelFormat};
 use crate::boot::multiboot::{self, BootParams};
 use crate::boot::native::{self, Layout};
-use crate::boot::{linux, KernelLoaded};
+use crate::boot::{linux, pvh, KernelLoaded};
 use crate::config::RunConfig;
 use crate::devices::fw_cfg::FwCfg;
 use crate::devices::lapic::Lapic;
@@ -269,6 +269,16 @@ fn load_kernel<M: HostMemory>(
             let (loaded, state) =
                 linux::load(image, &board, &params, gm).map_err(|e| format!("kernel: {e}"))?;
             (state, KernelLoaded::Linux(loaded))
+        }
+        KernelFormat::Pvh { entry } => {
+            let params = pvh::BootParams {
+                cmdline: append,
+                initrd,
+                acpi_rsdp: Some(acpi.rsdp),
+            };
+            let (loaded, state) =
+                pvh::load(image, entry, &board, &params, gm).map_err(|e| format!("kernel: {e}"))?;
+            (state, KernelLoaded::Pvh(loaded))
         }
     };
     gm.write(acpi.base, &acpi.bytes)
