@@ -20,7 +20,7 @@ mod kernel {
     use bootloader_api::{entry_point, BootInfo};
     use core::sync::atomic::{AtomicBool, Ordering};
     use hypervisor::arch::{self, smp};
-    use hypervisor::boot::payload;
+    use hypervisor::boot::{payload, KernelLoaded};
     use hypervisor::config::RunConfig;
     use hypervisor::limits::{MAX_CPUS, MAX_VCPUS};
     use hypervisor::machine::cpuid::{CpuidPolicy, Provided};
@@ -244,19 +244,42 @@ mod kernel {
             vm.layout.free_start
         );
 
-        if let Some(k) = vm.kernel_loaded {
-            info!(
+        let range = |r: Option<(u64, u64)>| match r {
+            Some((s, e)) => alloc::format!("at [{s:#x}, {e:#x})"),
+            None => "none".into(),
+        };
+        match vm.kernel_loaded {
+            Some(KernelLoaded::Multiboot(k)) => info!(
                 "multiboot: kernel at [{:#x}, {:#x}), entry {:#x} in 32-bit protected mode, \
                  information at {:#x}, module 0 {}",
                 k.kernel.0,
                 k.kernel.1,
                 k.entry,
                 k.info,
-                match k.module {
-                    Some((s, e)) => alloc::format!("at [{s:#x}, {e:#x})"),
-                    None => "none".into(),
-                }
-            );
+                range(k.module)
+            ),
+            Some(KernelLoaded::Linux(k)) => info!(
+                "linux: boot protocol {}.{:02}, kernel at [{:#x}, {:#x}) (init_size), entry {:#x} \
+                 in 64-bit mode, zero page at {:#x}, command line at {:#x}, initrd {}",
+                k.version >> 8,
+                k.version & 0xff,
+                k.kernel.0,
+                k.kernel.1,
+                k.entry,
+                k.zero_page,
+                k.cmdline,
+                range(k.initrd)
+            ),
+            Some(KernelLoaded::Pvh(k)) => info!(
+                "pvh: kernel at [{:#x}, {:#x}), entry {:#x} in 32-bit protected mode, start info \
+                 at {:#x}, initrd {}",
+                k.kernel.0,
+                k.kernel.1,
+                k.entry,
+                k.start_info,
+                range(k.initrd)
+            ),
+            None => {}
         }
 
         let tsc_hz = arch::tsc_hz();

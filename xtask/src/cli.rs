@@ -191,14 +191,18 @@ pub struct GuestArgs {
     )]
     pub guest: String,
     /// Boot this kernel file instead of a guest program (QEMU's -kernel):
-    /// multiboot v1 (ELF32, ELF64 or a.out-kludge addresses); a Linux
-    /// bzImage is recognised and refused for now
+    /// multiboot v1 (ELF32, ELF64 or a.out-kludge addresses), a 64-bit
+    /// Linux bzImage (boot protocol 2.12 or later, entered at its 64-bit
+    /// entry) or an ELF with a PVH entry note (an uncompressed vmlinux)
     #[arg(long, value_name = "FILE")]
     pub kernel: Option<PathBuf>,
-    /// The kernel's command line, after its name (QEMU's -append)
+    /// The kernel's command line (QEMU's -append): a multiboot kernel gets
+    /// its file name, a space and this text; Linux and PVH kernels get this
+    /// text alone
     #[arg(long, value_name = "TEXT", requires = "kernel")]
     pub append: Option<String>,
-    /// A file the kernel gets as multiboot module 0 (QEMU's -initrd)
+    /// A file the kernel gets as multiboot module 0, the Linux initrd or
+    /// PVH module 0 (QEMU's -initrd)
     #[arg(long, value_name = "FILE", requires = "kernel")]
     pub initrd: Option<PathBuf>,
     #[arg(long = "mem", value_name = "MIB", value_parser = checks::mem_mib,

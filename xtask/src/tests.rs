@@ -55,6 +55,12 @@ pub enum TestKernel {
     },
     /// A file made by this function (the negative cases).
     Bytes(fn() -> Vec<u8>),
+    /// A file made by this function, booted with `--append` and
+    /// [`test_initrd`] as `--initrd`.
+    BytesWith {
+        make: fn() -> Vec<u8>,
+        append: &'static str,
+    },
 }
 
 /// What the multiboot kernel tests type at the console, once the kernel
@@ -139,12 +145,198 @@ fn elf32_kernel() -> Vec<u8> {
     elf32_multiboot(0x20_0000, 0x200, None)
 }
 
-fn linux_bzimage() -> Vec<u8> {
-    let mut k = vec![0u8; 0x1000];
-    k[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
-    k[0x202..0x206].copy_from_slice(b"HdrS");
-    k[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+/// 64-bit code entered at a bzImage's 64-bit entry (GNU as, AT&T syntax):
+/// checks CS = 0x10, SS = DS = 0x18, "HdrS" and type_of_loader 0xFF in the
+/// zero page at RSI, "RSD PTR " at acpi_rsdp_addr and IF = 0, printing the
+/// first failing check's letter; then prints the command line at
+/// cmd_line_ptr, ramdisk_size and the initrd's first 4 bytes (in hex) on
+/// COM1 and does `cli; hlt`. It uses the stack for `call`.
+/// ```text
+///     mov $0x3f8,%dx
+///     mov %cs,%ax;  mov $'C',%bl; cmp $0x10,%ax; jne bad
+///     mov %ss,%ax;  mov $'S',%bl; cmp $0x18,%ax; jne bad
+///     mov %ds,%ax;  mov $'D',%bl; cmp $0x18,%ax; jne bad
+///     mov $'H',%bl; cmpl $0x53726448,0x202(%rsi); jne bad
+///     mov $'T',%bl; cmpb $0xff,0x210(%rsi); jne bad
+///     mov $'R',%bl; mov 0x70(%rsi),%rdi; movabs $0x2052545020445352,%rax
+///     cmp %rax,(%rdi); jne bad
+///     mov $'I',%bl; pushf; pop %rax; test $0x200,%eax; jnz bad
+///     lea ok(%rip),%rdi; call puts; mov 0x228(%rsi),%edi; call puts
+///     lea rd(%rip),%rdi; call puts; mov 0x21c(%rsi),%eax; call puthex
+///     lea first(%rip),%rdi; call puts; mov 0x218(%rsi),%edi; mov (%rdi),%eax
+///     call puthex; mov $'\n',%al; out %al,%dx; cli; hlt
+/// bad: lea badmsg(%rip),%rdi; call puts; mov %bl,%al; out %al,%dx
+///     mov $'\n',%al; out %al,%dx; cli; hlt
+/// puts: movb (%rdi),%al; test %al,%al; jz 1f; out %al,%dx; inc %rdi; jmp puts
+/// 1:  ret
+/// puthex: mov %eax,%r8d; mov $8,%ecx; lea hexd(%rip),%r9
+/// 2:  rol $4,%r8d; mov %r8d,%eax; and $0xf,%eax; movb (%r9,%rax),%al
+///     out %al,%dx; dec %ecx; jnz 2b; ret
+/// ok: .asciz "linux64: entry state ok, cmdline \""; rd: .asciz "\", initrd 0x"
+/// first: .asciz " bytes starting 0x"; badmsg: .asciz "linux64: bad entry state: "
+/// hexd: .ascii "0123456789abcdef"
+/// ```
+const LINUX64_CODE: [u8; 360] = [
+    0x66, 0xba, 0xf8, 0x03, 0x66, 0x8c, 0xc8, 0xb3, 0x43, 0x66, 0x83, 0xf8, 0x10, 0x0f, 0x85, 0xa3,
+    0x00, 0x00, 0x00, 0x66, 0x8c, 0xd0, 0xb3, 0x53, 0x66, 0x83, 0xf8, 0x18, 0x0f, 0x85, 0x94, 0x00,
+    0x00, 0x00, 0x66, 0x8c, 0xd8, 0xb3, 0x44, 0x66, 0x83, 0xf8, 0x18, 0x0f, 0x85, 0x85, 0x00, 0x00,
+    0x00, 0xb3, 0x48, 0x81, 0xbe, 0x02, 0x02, 0x00, 0x00, 0x48, 0x64, 0x72, 0x53, 0x75, 0x77, 0xb3,
+    0x54, 0x80, 0xbe, 0x10, 0x02, 0x00, 0x00, 0xff, 0x75, 0x6c, 0xb3, 0x52, 0x48, 0x8b, 0x7e, 0x70,
+    0x48, 0xb8, 0x52, 0x53, 0x44, 0x20, 0x50, 0x54, 0x52, 0x20, 0x48, 0x39, 0x07, 0x75, 0x57, 0xb3,
+    0x49, 0x9c, 0x58, 0xa9, 0x00, 0x02, 0x00, 0x00, 0x75, 0x4c, 0x48, 0x8d, 0x3d, 0x89, 0x00, 0x00,
+    0x00, 0xe8, 0x54, 0x00, 0x00, 0x00, 0x8b, 0xbe, 0x28, 0x02, 0x00, 0x00, 0xe8, 0x49, 0x00, 0x00,
+    0x00, 0x48, 0x8d, 0x3d, 0x95, 0x00, 0x00, 0x00, 0xe8, 0x3d, 0x00, 0x00, 0x00, 0x8b, 0x86, 0x1c,
+    0x02, 0x00, 0x00, 0xe8, 0x3f, 0x00, 0x00, 0x00, 0x48, 0x8d, 0x3d, 0x8b, 0x00, 0x00, 0x00, 0xe8,
+    0x26, 0x00, 0x00, 0x00, 0x8b, 0xbe, 0x18, 0x02, 0x00, 0x00, 0x8b, 0x07, 0xe8, 0x26, 0x00, 0x00,
+    0x00, 0xb0, 0x0a, 0xee, 0xfa, 0xf4, 0x48, 0x8d, 0x3d, 0x80, 0x00, 0x00, 0x00, 0xe8, 0x08, 0x00,
+    0x00, 0x00, 0x88, 0xd8, 0xee, 0xb0, 0x0a, 0xee, 0xfa, 0xf4, 0x8a, 0x07, 0x84, 0xc0, 0x74, 0x06,
+    0xee, 0x48, 0xff, 0xc7, 0xeb, 0xf4, 0xc3, 0x41, 0x89, 0xc0, 0xb9, 0x08, 0x00, 0x00, 0x00, 0x4c,
+    0x8d, 0x0d, 0x72, 0x00, 0x00, 0x00, 0x41, 0xc1, 0xc0, 0x04, 0x44, 0x89, 0xc0, 0x83, 0xe0, 0x0f,
+    0x41, 0x8a, 0x04, 0x01, 0xee, 0xff, 0xc9, 0x75, 0xed, 0xc3, 0x6c, 0x69, 0x6e, 0x75, 0x78, 0x36,
+    0x34, 0x3a, 0x20, 0x65, 0x6e, 0x74, 0x72, 0x79, 0x20, 0x73, 0x74, 0x61, 0x74, 0x65, 0x20, 0x6f,
+    0x6b, 0x2c, 0x20, 0x63, 0x6d, 0x64, 0x6c, 0x69, 0x6e, 0x65, 0x20, 0x22, 0x00, 0x22, 0x2c, 0x20,
+    0x69, 0x6e, 0x69, 0x74, 0x72, 0x64, 0x20, 0x30, 0x78, 0x00, 0x20, 0x62, 0x79, 0x74, 0x65, 0x73,
+    0x20, 0x73, 0x74, 0x61, 0x72, 0x74, 0x69, 0x6e, 0x67, 0x20, 0x30, 0x78, 0x00, 0x6c, 0x69, 0x6e,
+    0x75, 0x78, 0x36, 0x34, 0x3a, 0x20, 0x62, 0x61, 0x64, 0x20, 0x65, 0x6e, 0x74, 0x72, 0x79, 0x20,
+    0x73, 0x74, 0x61, 0x74, 0x65, 0x3a, 0x20, 0x00, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37,
+    0x38, 0x39, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66,
+];
+
+/// A synthetic bzImage of protocol `version` (boot.rst): one setup sector,
+/// relocatable, 2 MiB alignment, pref_address 16 MiB, init_size 64 KiB;
+/// its protected-mode part holds `hlt`s up to the 64-bit entry at +0x200,
+/// then [`LINUX64_CODE`].
+fn bzimage(version: u16, xloadflags: u16) -> Vec<u8> {
+    let setup = 2 * 512;
+    let mut k = vec![0u8; setup + 0x200];
+    k[setup..].fill(0xf4);
+    k.extend(LINUX64_CODE);
+    k.resize(k.len().next_multiple_of(16), 0);
+    let put = |k: &mut Vec<u8>, at: usize, v: &[u8]| k[at..at + v.len()].copy_from_slice(v);
+    put(&mut k, 0x1f1, &[1]); // setup_sects
+    let syssize = ((k.len() - setup) / 16) as u32;
+    put(&mut k, 0x1f4, &syssize.to_le_bytes());
+    put(&mut k, 0x1fe, &[0x55, 0xaa]);
+    put(&mut k, 0x200, &[0xeb, 0x6a]); // the header ends at 0x26c
+    put(&mut k, 0x202, b"HdrS");
+    put(&mut k, 0x206, &version.to_le_bytes());
+    put(&mut k, 0x211, &[0x01]); // loadflags: LOADED_HIGH
+    put(&mut k, 0x22c, &0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+    put(&mut k, 0x230, &0x20_0000u32.to_le_bytes()); // kernel_alignment
+    put(&mut k, 0x234, &[1, 21]); // relocatable_kernel, min_alignment
+    put(&mut k, 0x236, &xloadflags.to_le_bytes());
+    put(&mut k, 0x238, &0x7ffu32.to_le_bytes()); // cmdline_size
+    put(&mut k, 0x258, &0x100_0000u64.to_le_bytes()); // pref_address
+    put(&mut k, 0x260, &0x1_0000u32.to_le_bytes()); // init_size
     k
+}
+
+/// 32-bit code entered by the PVH ABI (GNU as, AT&T syntax, position
+/// independent through EBP): checks the hvm_start_info at EBX (magic,
+/// version 1), CR0 (PE, not PG), IF = 0, "RSD " at rsdp_paddr and one
+/// module, printing the first failing check's letter; then prints the
+/// command line, the memory map's entry count, module 0's size and first 4
+/// bytes on COM1 and does `cli; hlt`.
+/// ```text
+///     call 1f; 1: pop %ebp; sub $(1b - start),%ebp; mov $0x3f8,%dx
+///     mov $'M',%cl; cmpl $0x336ec578,(%ebx); jne bad
+///     mov $'V',%cl; cmpl $1,4(%ebx); jne bad
+///     mov $'P',%cl; mov %cr0,%eax; test $1,%eax; jz bad
+///     test $0x80000000,%eax; jnz bad
+///     mov $'I',%cl; pushf; pop %eax; test $0x200,%eax; jnz bad
+///     mov $'R',%cl; mov 32(%ebx),%edi; cmpl $0x20445352,(%edi); jne bad
+///     mov $'N',%cl; cmpl $1,12(%ebx); jne bad
+///     lea ok(%ebp),%esi; call puts; mov 24(%ebx),%esi; call puts
+///     lea mm(%ebp),%esi; call puts; mov 48(%ebx),%eax; call puthex
+///     lea mod(%ebp),%esi; call puts; mov 16(%ebx),%edi; mov 8(%edi),%eax
+///     call puthex; lea first(%ebp),%esi; call puts; mov (%edi),%edi
+///     mov (%edi),%eax; call puthex; mov $'\n',%al; out %al,%dx; cli; hlt
+/// bad: lea badmsg(%ebp),%esi; call puts; mov %cl,%al; out %al,%dx
+///     mov $'\n',%al; out %al,%dx; cli; hlt
+/// puts: movb (%esi),%al; test %al,%al; jz 2f; out %al,%dx; inc %esi; jmp puts
+/// 2:  ret
+/// puthex: mov %eax,%ecx; mov $8,%esi
+/// 3:  rol $4,%ecx; mov %ecx,%eax; and $0xf,%eax; movb hexd(%ebp,%eax),%al
+///     out %al,%dx; dec %esi; jnz 3b; ret
+/// ok: .asciz "pvh32: entry state ok, cmdline \""
+/// mm: .asciz "\", memmap entries 0x"; mod: .asciz ", module 0 0x"
+/// first: .asciz " bytes starting 0x"; badmsg: .asciz "pvh32: bad entry state: "
+/// hexd: .ascii "0123456789abcdef"
+/// ```
+/// (Labels are offsets from `start`, added to EBP.)
+const PVH32_CODE: [u8; 360] = [
+    0xe8, 0x00, 0x00, 0x00, 0x00, 0x5d, 0x83, 0xed, 0x05, 0x66, 0xba, 0xf8, 0x03, 0xb1, 0x4d, 0x81,
+    0x3b, 0x78, 0xc5, 0x6e, 0x33, 0x0f, 0x85, 0x94, 0x00, 0x00, 0x00, 0xb1, 0x56, 0x83, 0x7b, 0x04,
+    0x01, 0x0f, 0x85, 0x88, 0x00, 0x00, 0x00, 0xb1, 0x50, 0x0f, 0x20, 0xc0, 0xa9, 0x01, 0x00, 0x00,
+    0x00, 0x74, 0x7c, 0xa9, 0x00, 0x00, 0x00, 0x80, 0x75, 0x75, 0xb1, 0x49, 0x9c, 0x58, 0xa9, 0x00,
+    0x02, 0x00, 0x00, 0x75, 0x6a, 0xb1, 0x52, 0x8b, 0x7b, 0x20, 0x81, 0x3f, 0x52, 0x53, 0x44, 0x20,
+    0x75, 0x5d, 0xb1, 0x4e, 0x83, 0x7b, 0x0c, 0x01, 0x75, 0x55, 0x8d, 0xb5, 0xe8, 0x00, 0x00, 0x00,
+    0xe8, 0x5d, 0x00, 0x00, 0x00, 0x8b, 0x73, 0x18, 0xe8, 0x55, 0x00, 0x00, 0x00, 0x8d, 0xb5, 0x09,
+    0x01, 0x00, 0x00, 0xe8, 0x4a, 0x00, 0x00, 0x00, 0x8b, 0x43, 0x30, 0xe8, 0x4d, 0x00, 0x00, 0x00,
+    0x8d, 0xb5, 0x1e, 0x01, 0x00, 0x00, 0xe8, 0x37, 0x00, 0x00, 0x00, 0x8b, 0x7b, 0x10, 0x8b, 0x47,
+    0x08, 0xe8, 0x37, 0x00, 0x00, 0x00, 0x8d, 0xb5, 0x2c, 0x01, 0x00, 0x00, 0xe8, 0x21, 0x00, 0x00,
+    0x00, 0x8b, 0x3f, 0x8b, 0x07, 0xe8, 0x23, 0x00, 0x00, 0x00, 0xb0, 0x0a, 0xee, 0xfa, 0xf4, 0x8d,
+    0xb5, 0x3f, 0x01, 0x00, 0x00, 0xe8, 0x08, 0x00, 0x00, 0x00, 0x88, 0xc8, 0xee, 0xb0, 0x0a, 0xee,
+    0xfa, 0xf4, 0x8a, 0x06, 0x84, 0xc0, 0x74, 0x04, 0xee, 0x46, 0xeb, 0xf6, 0xc3, 0x89, 0xc1, 0xbe,
+    0x08, 0x00, 0x00, 0x00, 0xc1, 0xc1, 0x04, 0x89, 0xc8, 0x83, 0xe0, 0x0f, 0x8a, 0x84, 0x05, 0x58,
+    0x01, 0x00, 0x00, 0xee, 0x4e, 0x75, 0xed, 0xc3, 0x70, 0x76, 0x68, 0x33, 0x32, 0x3a, 0x20, 0x65,
+    0x6e, 0x74, 0x72, 0x79, 0x20, 0x73, 0x74, 0x61, 0x74, 0x65, 0x20, 0x6f, 0x6b, 0x2c, 0x20, 0x63,
+    0x6d, 0x64, 0x6c, 0x69, 0x6e, 0x65, 0x20, 0x22, 0x00, 0x22, 0x2c, 0x20, 0x6d, 0x65, 0x6d, 0x6d,
+    0x61, 0x70, 0x20, 0x65, 0x6e, 0x74, 0x72, 0x69, 0x65, 0x73, 0x20, 0x30, 0x78, 0x00, 0x2c, 0x20,
+    0x6d, 0x6f, 0x64, 0x75, 0x6c, 0x65, 0x20, 0x30, 0x20, 0x30, 0x78, 0x00, 0x20, 0x62, 0x79, 0x74,
+    0x65, 0x73, 0x20, 0x73, 0x74, 0x61, 0x72, 0x74, 0x69, 0x6e, 0x67, 0x20, 0x30, 0x78, 0x00, 0x70,
+    0x76, 0x68, 0x33, 0x32, 0x3a, 0x20, 0x62, 0x61, 0x64, 0x20, 0x65, 0x6e, 0x74, 0x72, 0x79, 0x20,
+    0x73, 0x74, 0x61, 0x74, 0x65, 0x3a, 0x20, 0x00, 0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37,
+    0x38, 0x39, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66,
+];
+
+/// A synthetic PVH kernel shaped like an uncompressed vmlinux: ELF64
+/// `ET_EXEC`, one PT_LOAD linked at 0xffffffff80200000 and loaded at its
+/// p_paddr 0x200000 holding [`PVH32_CODE`], and a PT_NOTE with a "Xen"
+/// XEN_ELFNOTE_PHYS32_ENTRY (18) note of 8 bytes naming 0x200000.
+fn pvh_kernel() -> Vec<u8> {
+    let code_at = 0x200usize;
+    let mut e = vec![0u8; code_at];
+    e.extend(PVH32_CODE);
+    let put = |e: &mut Vec<u8>, at: usize, v: &[u8]| e[at..at + v.len()].copy_from_slice(v);
+    put(&mut e, 0, b"\x7fELF\x02\x01\x01");
+    put(&mut e, 16, &2u16.to_le_bytes()); // ET_EXEC
+    put(&mut e, 18, &62u16.to_le_bytes()); // EM_X86_64
+    put(&mut e, 20, &1u32.to_le_bytes());
+    put(&mut e, 24, &0xffff_ffff_8020_0000u64.to_le_bytes()); // e_entry
+    put(&mut e, 32, &0x40u64.to_le_bytes()); // e_phoff
+    put(&mut e, 52, &[64, 0, 56, 0, 2, 0]); // e_ehsize, e_phentsize, e_phnum
+                                            // PT_LOAD, R X.
+    let len = PVH32_CODE.len() as u64;
+    put(&mut e, 0x40, &[1, 0, 0, 0, 5, 0, 0, 0]);
+    put(&mut e, 0x48, &(code_at as u64).to_le_bytes());
+    put(&mut e, 0x50, &0xffff_ffff_8020_0000u64.to_le_bytes());
+    put(&mut e, 0x58, &0x20_0000u64.to_le_bytes());
+    put(&mut e, 0x60, &len.to_le_bytes());
+    put(&mut e, 0x68, &(len + 0x1000).to_le_bytes()); // some bss
+    put(&mut e, 0x70, &0x1000u64.to_le_bytes());
+    // PT_NOTE at 0x100: namesz 4, descsz 8, type 18, "Xen\0", the entry.
+    put(&mut e, 0x78, &[4, 0, 0, 0, 4, 0, 0, 0]);
+    put(&mut e, 0x80, &0x100u64.to_le_bytes());
+    put(&mut e, 0x98, &24u64.to_le_bytes());
+    put(&mut e, 0xa0, &24u64.to_le_bytes());
+    put(&mut e, 0xa8, &4u64.to_le_bytes());
+    put(&mut e, 0x100, &[4, 0, 0, 0, 8, 0, 0, 0, 18, 0, 0, 0]);
+    put(&mut e, 0x10c, b"Xen\0");
+    put(&mut e, 0x110, &0x20_0000u64.to_le_bytes());
+    e
+}
+
+fn linux_entry_kernel() -> Vec<u8> {
+    bzimage(0x020f, 0x3)
+}
+
+fn linux_protocol_2_11() -> Vec<u8> {
+    bzimage(0x020b, 0x3)
+}
+
+fn linux_no_64_bit_entry() -> Vec<u8> {
+    bzimage(0x020f, 0x2)
 }
 
 fn not_a_kernel() -> Vec<u8> {
@@ -181,6 +373,13 @@ impl TestKernel {
                 let path = dir.join(&g.guest);
                 std::fs::write(&path, make())?;
                 KernelSpec::new(path, String::new(), None)
+            }
+            TestKernel::BytesWith { make, append } => {
+                let path = dir.join(&g.guest);
+                std::fs::write(&path, make())?;
+                let initrd_path = dir.join("initrd.bin");
+                std::fs::write(&initrd_path, test_initrd())?;
+                KernelSpec::new(path, append.into(), Some(initrd_path))
             }
         };
         k.check_files()?;
@@ -733,11 +932,60 @@ pub fn cases() -> Vec<Case> {
         ])
         .absent(&["bad magic"]),
     );
+    // The Linux boot protocol's 64-bit entry: the synthetic bzImage checks
+    // its entry state and prints what the zero page hands it.
+    v.push(
+        Case::kernel(
+            "bochs-kernel-linux-entry",
+            "bzimage.bin",
+            TestKernel::BytesWith {
+                make: linux_entry_kernel,
+                append: "console=ttyS0 some words",
+            },
+            Failure,
+        )
+        .contains(&[
+            "linux: boot protocol 2.15, kernel at [0x1000000, 0x1010000) (init_size), entry \
+             0x1000200 in 64-bit mode, zero page at 0x7000, command line at 0x20000, initrd at \
+             [0x7ffe000, 0x7fff388)",
+            "[vcpu0] linux64: entry state ok, cmdline \"console=ttyS0 some words\", initrd \
+             0x00001388 bytes starting 0x5d3e1f00",
+            "HLT with interrupts disabled",
+        ])
+        .absent(&["bad entry state"]),
+    );
+    // The PVH ABI: the synthetic vmlinux-shaped ELF checks its entry state
+    // and prints what the start info hands it.
+    v.push(
+        Case::kernel(
+            "bochs-kernel-pvh-entry",
+            "pvh.elf",
+            TestKernel::BytesWith {
+                make: pvh_kernel,
+                append: "console=ttyS0 pvh words",
+            },
+            Failure,
+        )
+        .contains(&[
+            "pvh: kernel at [0x200000, 0x201168), entry 0x200000 in 32-bit protected mode, start \
+             info at 0x1000, initrd at [0x7ffe000, 0x7fff388)",
+            "[vcpu0] pvh32: entry state ok, cmdline \"console=ttyS0 pvh words\", memmap entries \
+             0x00000006, module 0 0x00001388 bytes starting 0x5d3e1f00",
+            "HLT with interrupts disabled",
+        ])
+        .absent(&["bad entry state"]),
+    );
     for (name, make, says) in [
         (
-            "linux-bzimage",
-            linux_bzimage as fn() -> Vec<u8>,
-            "kernel: Linux bzImage recognised (boot protocol 2.15); booting it comes in a later issue",
+            "linux-protocol-2.11",
+            linux_protocol_2_11 as fn() -> Vec<u8>,
+            "kernel: Linux boot protocol 2.11 is too old: the 64-bit entry needs protocol 2.12 \
+             or later (xloadflags)",
+        ),
+        (
+            "linux-no-64-bit-entry",
+            linux_no_64_bit_entry,
+            "kernel: Linux kernel has no 64-bit entry (xloadflags 0x0002 without XLF_KERNEL_64)",
         ),
         (
             "not-a-kernel",
@@ -1114,10 +1362,42 @@ mod unit {
         let g = elf32_kernel();
         let p = plan(&g, &h(&g), &board).unwrap();
         assert_eq!((p.entry, p.start, p.end), (0x20_0000, 0x20_0000, 0x20_0200));
+        // The Linux kernels: the good one parses and loads, the bad ones are
+        // refused for what their names say.
+        use hypervisor::boot::linux::{self, LinuxError};
         assert!(matches!(
-            detect(&linux_bzimage()),
-            Err(hypervisor::boot::format::FormatError::LinuxNotYet { version: 0x20f })
+            detect(&linux_entry_kernel()),
+            Ok(KernelFormat::LinuxBzImage { version: 0x20f })
         ));
+        let h = linux::parse(&linux_entry_kernel()).unwrap();
+        assert_eq!((h.kernel_offset(), h.end), (0x400, 0x26c));
+        let p = linux::plan(&linux_entry_kernel(), &h, &board, "x", 5000).unwrap();
+        assert_eq!((p.kernel, p.kernel_end), (0x100_0000, 0x101_0000));
+        assert_eq!(p.initrd, Some((0x7ffe000, 0x7ffe000 + 5000)));
+        assert_eq!(
+            &LINUX64_CODE[..4],
+            &[0x66, 0xba, 0xf8, 0x03],
+            "mov $0x3f8, %dx"
+        );
+        assert_eq!(
+            linux::parse(&linux_protocol_2_11()),
+            Err(LinuxError::TooOld { version: 0x20b })
+        );
+        assert_eq!(
+            linux::parse(&linux_no_64_bit_entry()),
+            Err(LinuxError::No64BitEntry { xloadflags: 2 })
+        );
+        assert_eq!(&test_initrd()[..4], &[0x00, 0x1f, 0x3e, 0x5d]);
+        // The PVH kernel: found by its note, loadable.
+        let k = pvh_kernel();
+        assert!(matches!(
+            detect(&k),
+            Ok(KernelFormat::Pvh { entry: 0x20_0000 })
+        ));
+        let pieces = hypervisor::boot::pvh::pieces(&k, 0x20_0000, &board).unwrap();
+        assert_eq!(pieces.len(), 1);
+        assert_eq!((pieces[0].gpa, pieces[0].memsz), (0x20_0000, 0x1168));
+        assert_eq!(&PVH32_CODE[..1], &[0xe8], "call 1f");
         assert_eq!(fnv1a(b"a"), 0xe40c_292c);
     }
 

@@ -4,9 +4,11 @@
 //! 1. a multiboot v1 header (magic 0x1BADB002, 4-byte aligned, within the
 //!    first 8 KiB, checksum) → [`KernelFormat::Multiboot`];
 //! 2. a Linux boot protocol setup header ("HdrS" at 0x202 and the boot
-//!    sector's 0xAA55 at 0x1FE) → [`KernelFormat::LinuxBzImage`], refused
-//!    for now;
-//! 3. anything else is refused, saying what was checked.
+//!    sector's 0xAA55 at 0x1FE) → [`KernelFormat::LinuxBzImage`], whose
+//!    header `boot::linux` checks;
+//! 3. an ELF with a `XEN_ELFNOTE_PHYS32_ENTRY` note → [`KernelFormat::Pvh`]
+//!    (an uncompressed Linux `vmlinux`, booted by the PVH ABI);
+//! 4. anything else is refused, saying what was checked.
 
 use crate::boot::multiboot::{self, Header, Scan};
 use core::fmt;
@@ -18,15 +20,15 @@ pub enum KernelFormat {
     LinuxBzImage {
         version: u16,
     },
+    /// An ELF kernel with a PVH entry note: its 32-bit entry point.
+    Pvh {
+        entry: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FormatError {
     Empty,
-    /// A Linux bzImage: recognised, not booted yet.
-    LinuxNotYet {
-        version: u16,
-    },
     /// Nothing recognised. `bad_checksum`: a multiboot magic was found at
     /// this offset but its checksum was wrong. `elf`: the file is an ELF.
     Unknown {
@@ -40,12 +42,6 @@ impl fmt::Display for FormatError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             FormatError::Empty => f.write_str("the kernel file is empty"),
-            FormatError::LinuxNotYet { version } => write!(
-                f,
-                "Linux bzImage recognised (boot protocol {}.{:02}); booting it comes in a later issue",
-                version >> 8,
-                version & 0xff
-            ),
             FormatError::Unknown {
                 len,
                 bad_checksum,
@@ -65,7 +61,10 @@ impl fmt::Display for FormatError {
                     )?;
                 }
                 if elf {
-                    f.write_str("; it is an ELF file, but ELF alone is not a boot protocol")?;
+                    f.write_str(
+                        "; it is an ELF file without a PVH entry note \
+                         (XEN_ELFNOTE_PHYS32_ENTRY), and ELF alone is not a boot protocol",
+                    )?;
                 }
                 Ok(())
             }
@@ -93,7 +92,10 @@ pub fn detect(image: &[u8]) -> Result<KernelFormat, FormatError> {
         let version = image
             .get(VERSION..VERSION + 2)
             .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
-        return Err(FormatError::LinuxNotYet { version });
+        return Ok(KernelFormat::LinuxBzImage { version });
+    }
+    if let Some(entry) = crate::boot::pvh::entry_note(image) {
+        return Ok(KernelFormat::Pvh { entry });
     }
     Err(FormatError::Unknown {
         len: image.len(),
@@ -124,10 +126,13 @@ mod tests {
         linux[0x1fe..0x200].copy_from_slice(&[0x55, 0xaa]);
         linux[0x202..0x206].copy_from_slice(b"HdrS");
         linux[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-        let e = detect(&linux).unwrap_err();
-        assert_eq!(e, FormatError::LinuxNotYet { version: 0x20f });
-        assert!(e.to_string().contains("Linux bzImage recognised"), "{e}");
-        assert!(e.to_string().contains("2.15"), "{e}");
+        assert_eq!(
+            detect(&linux),
+            Ok(KernelFormat::LinuxBzImage { version: 0x20f })
+        );
+        // Without the boot sector's 0xAA55 it is not a setup header.
+        linux[0x1fe] = 0;
+        assert!(matches!(detect(&linux), Err(FormatError::Unknown { .. })));
 
         let e = detect(b"#!/bin/sh\necho not a kernel\n").unwrap_err();
         let text = e.to_string();

@@ -10,6 +10,7 @@ use crate::boot::elf;
 use crate::boot::format::{self, KernelFormat};
 use crate::boot::multiboot::{self, BootParams};
 use crate::boot::native::{self, Layout};
+use crate::boot::{linux, pvh, KernelLoaded};
 use crate::config::RunConfig;
 use crate::devices::fw_cfg::FwCfg;
 use crate::devices::lapic::Lapic;
@@ -171,8 +172,9 @@ pub struct Vm<M: HostMemory> {
     /// A kernel run (`--kernel`): vCPU 0's entry state, set by the kernel's
     /// boot protocol. `None` for the project's own guests.
     pub kernel_state: Option<GuestState>,
-    /// Where a kernel run's kernel, module and multiboot information went.
-    pub kernel_loaded: Option<multiboot::Loaded>,
+    /// Where a kernel run's kernel and the rest of what its boot protocol
+    /// hands it went.
+    pub kernel_loaded: Option<KernelLoaded>,
     pub vcpus: u32,
     pub caps: VmxCaps,
     pub controls: Controls,
@@ -215,7 +217,8 @@ pub enum GuestImage<'a> {
 /// The refusal of a kernel run on a CPU without "unrestricted guest" (a
 /// kernel starts with paging off).
 pub const NEEDS_UNRESTRICTED: &str =
-    "multiboot kernels need VMX unrestricted guest; this CPU does not offer it";
+    "kernel runs need VMX unrestricted guest (multiboot kernels start with paging off, \
+     application processors in real mode); this CPU does not offer it";
 
 /// What a VM is built from, besides its host memory.
 pub struct VmParts {
@@ -254,8 +257,8 @@ fn write_firmware_tables<M: HostMemory>(
 }
 
 /// Loads a kernel file into guest RAM laid out as the board map says and
-/// returns the layout the report shows (all of RAM is the guest's) and
-/// vCPU 0's entry state.
+/// returns the layout the report shows (all of RAM is the guest's), vCPU
+/// 0's entry state and where the kernel's pieces went.
 fn load_kernel<M: HostMemory>(
     config: &RunConfig,
     mem_bytes: u64,
@@ -264,34 +267,55 @@ fn load_kernel<M: HostMemory>(
     initrd: &[u8],
     vcpus: u32,
     gm: &mut GuestMem<'_, M>,
-) -> Result<(Layout, GuestState, multiboot::Loaded), String> {
+) -> Result<(Layout, GuestState, KernelLoaded), String> {
     let board = Board::new(mem_bytes).map_err(|e| format!("kernel run: {e}"))?;
-    let header = match format::detect(image).map_err(|e| format!("kernel: {e}"))? {
-        KernelFormat::Multiboot(h) => h,
-        KernelFormat::LinuxBzImage { version } => {
-            return Err(format!(
-                "kernel: {}",
-                format::FormatError::LinuxNotYet { version }
-            ))
+    let kind = format::detect(image).map_err(|e| format!("kernel: {e}"))?;
+    // Where `write_firmware_tables` puts the RSDP (first, at the tables'
+    // base), which a Linux kernel is told.
+    let rsdp = crate::machine::board::ACPI_BASE;
+    let (state, loaded) = match kind {
+        KernelFormat::Multiboot(header) => {
+            // QEMU's command line: the kernel's name, then -append's text.
+            let cmdline = if append.is_empty() {
+                String::from(config.guest)
+            } else {
+                format!("{} {append}", config.guest)
+            };
+            let module_name = if config.initrd.is_empty() {
+                "initrd"
+            } else {
+                config.initrd
+            };
+            let params = BootParams {
+                cmdline: &cmdline,
+                module: (!initrd.is_empty()).then_some((initrd, module_name)),
+            };
+            let (loaded, state) = multiboot::load(image, &header, &board, &params, gm)
+                .map_err(|e| format!("kernel: {e}"))?;
+            (state, KernelLoaded::Multiboot(loaded))
+        }
+        KernelFormat::LinuxBzImage { .. } => {
+            // Linux takes -append's text as it is (no kernel name first).
+            let params = linux::BootParams {
+                cmdline: append,
+                initrd,
+                acpi_rsdp: Some(rsdp),
+            };
+            let (loaded, state) =
+                linux::load(image, &board, &params, gm).map_err(|e| format!("kernel: {e}"))?;
+            (state, KernelLoaded::Linux(loaded))
+        }
+        KernelFormat::Pvh { entry } => {
+            let params = pvh::BootParams {
+                cmdline: append,
+                initrd,
+                acpi_rsdp: Some(rsdp),
+            };
+            let (loaded, state) =
+                pvh::load(image, entry, &board, &params, gm).map_err(|e| format!("kernel: {e}"))?;
+            (state, KernelLoaded::Pvh(loaded))
         }
     };
-    // QEMU's command line: the kernel's name, then -append's text.
-    let cmdline = if append.is_empty() {
-        String::from(config.guest)
-    } else {
-        format!("{} {append}", config.guest)
-    };
-    let module_name = if config.initrd.is_empty() {
-        "initrd"
-    } else {
-        config.initrd
-    };
-    let params = BootParams {
-        cmdline: &cmdline,
-        module: (!initrd.is_empty()).then_some((initrd, module_name)),
-    };
-    let (loaded, state) =
-        multiboot::load(image, &header, &board, &params, gm).map_err(|e| format!("kernel: {e}"))?;
     let layout = Layout {
         mem_bytes,
         stacks_start: mem_bytes,
@@ -733,7 +757,9 @@ mod kernel_tests {
         assert_eq!(s.rip, 0x10_0020);
         assert_eq!(s.gprs.rax, u64::from(BOOTLOADER_MAGIC));
         assert!(!s.ia32e());
-        let l = vm.kernel_loaded.unwrap();
+        let Some(KernelLoaded::Multiboot(l)) = vm.kernel_loaded else {
+            panic!("{:?}", vm.kernel_loaded)
+        };
         assert_eq!(l.kernel, (0x10_0000, 0x10_2000));
         assert_eq!(l.module, Some((0x10_2000, 0x10_2006)));
         let mut gm = vm.guest_mem();
@@ -752,6 +778,44 @@ mod kernel_tests {
         let mut sig = [0u8; 8];
         gm.read(crate::machine::board::ACPI_BASE, &mut sig).unwrap();
         assert_eq!(&sig, b"RSD PTR ");
+    }
+
+    #[test]
+    fn a_linux_run_starts_vcpu0_at_the_64_bit_entry_with_the_zero_page() {
+        use crate::boot::linux::{self, hdr, zp};
+        let k = linux::test_image::bzimage();
+        let image = GuestImage::Kernel {
+            image: &k,
+            append: "console=ttyS0",
+            initrd: b"initrd bytes",
+        };
+        let vm = Vm::build_image(test_host::memory(), parts(32, 2), image).unwrap();
+        let s = vm.initial_state(0);
+        assert!(s.ia32e());
+        assert_eq!(s.rip, 0x100_0200);
+        assert_eq!(s.gprs.rsi, linux::ZERO_PAGE);
+        let Some(KernelLoaded::Linux(l)) = vm.kernel_loaded else {
+            panic!("{:?}", vm.kernel_loaded)
+        };
+        assert_eq!(l.kernel.0, 0x100_0000);
+        let mut gm = vm.guest_mem();
+        let mut z = [0u8; 4096];
+        gm.read(linux::ZERO_PAGE, &mut z).unwrap();
+        let at = |o: usize| u32::from_le_bytes(z[o..o + 4].try_into().unwrap());
+        // The command line is --append's text alone (no kernel name).
+        let mut line = [0u8; 14];
+        gm.read(at(hdr::CMD_LINE_PTR).into(), &mut line).unwrap();
+        assert_eq!(&line, b"console=ttyS0\0");
+        let mut rd = [0u8; 12];
+        assert_eq!(at(hdr::RAMDISK_SIZE), 12);
+        gm.read(at(hdr::RAMDISK_IMAGE).into(), &mut rd).unwrap();
+        assert_eq!(&rd, b"initrd bytes");
+        // acpi_rsdp_addr names the RSDP the VM wrote.
+        let rsdp = u64::from(at(zp::ACPI_RSDP_ADDR));
+        let mut sig = [0u8; 8];
+        gm.read(rsdp, &mut sig).unwrap();
+        assert_eq!(&sig, b"RSD PTR ");
+        assert_eq!(z[zp::E820_ENTRIES], 6);
     }
 
     #[test]
