@@ -61,6 +61,65 @@ pub enum TestKernel {
         make: fn() -> Vec<u8>,
         append: &'static str,
     },
+    /// The showcase Linux guest of `cargo xtask linux` (Debian's kernel, the
+    /// busybox initramfs), prepared (downloaded) before the image.
+    Linux,
+}
+
+/// What the Linux tests type at the shell once `/init` says it is ready:
+/// each answer is told apart from the echo of its command (the command
+/// line holds `$(`, the answer the value).
+const LINUX_INPUT: &str = "uname -r\n\
+echo CPUS=$(grep -c processor /proc/cpuinfo)\n\
+dmesg | grep -i hypervisor\n\
+echo HV_LINES=$(dmesg | grep -ci hypervisor)\n\
+echo tmpfs-$((6*7)) > /tmp/f; cat /tmp/f; mount | grep -c ' /tmp type tmpfs'\n\
+poweroff -f\n";
+
+/// Seconds a Linux boot in Bochs may take, with the shell session (about
+/// 150 s seen for 1 vCPU on 2 quiet cores).
+const LINUX_TIMEOUT: u64 = 900;
+
+/// The Linux shell session's answers: `uname -r` printed the release the
+/// kernel's banner names; `dmesg | grep -ci hypervisor` counts as many
+/// lines as the boot console showed mentioning a hypervisor (Linux names
+/// only hypervisors it knows, "Hypervisor detected: KVM"; for others it
+/// says what depends on one, e.g. "GDS: Unknown: Dependent on hypervisor
+/// status", as the CPU model's bugs decide); a file written to /tmp (a
+/// tmpfs) reads back.
+fn linux_shell_check(log: &str) -> Result<(), String> {
+    let release = log
+        .lines()
+        .find_map(|l| l.split("Linux version ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .ok_or("no \"Linux version\" banner")?;
+    let lines: Vec<&str> = log.lines().map(|l| l.trim_matches(['\r', ' '])).collect();
+    if !lines.contains(&release) {
+        return Err(format!("no line with `uname -r`'s answer {release:?}"));
+    }
+    let hv = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("HV_LINES="))
+        .and_then(|n| n.parse::<u32>().ok())
+        .ok_or("no HV_LINES=N answer")?;
+    let marker = lines
+        .iter()
+        .position(|l| *l == crate::linux::MARKER)
+        .ok_or("no shell marker")?;
+    let console = lines[..marker]
+        .iter()
+        .filter(|l| l.starts_with('[') && l.to_ascii_lowercase().contains("hypervisor"))
+        .filter(|l| !l.contains("cpu0]") && !l.starts_with("[INFO") && !l.starts_with("[WARN"))
+        .count() as u32;
+    if hv != console {
+        return Err(format!(
+            "dmesg has {hv} lines about a hypervisor, the boot console showed {console}"
+        ));
+    }
+    if !lines.contains(&"tmpfs-42") {
+        return Err("the file written to /tmp did not read back".into());
+    }
+    Ok(())
 }
 
 /// What the multiboot kernel tests type at the console, once the kernel
@@ -381,6 +440,10 @@ impl TestKernel {
                 std::fs::write(&initrd_path, test_initrd())?;
                 KernelSpec::new(path, append.into(), Some(initrd_path))
             }
+            TestKernel::Linux => {
+                let l = crate::linux::prepare(root)?;
+                KernelSpec::new(l.kernel, crate::linux::APPEND.into(), Some(l.initrd))
+            }
         };
         k.check_files()?;
         g.kernel = Some(k);
@@ -664,6 +727,11 @@ impl Case {
         self
     }
 
+    fn timeout(mut self, secs: u64) -> Case {
+        self.timeout = secs;
+        self
+    }
+
     fn cpus(mut self, n: u32) -> Case {
         self.cpus = n;
         self.timeout = 600;
@@ -915,6 +983,31 @@ pub fn cases() -> Vec<Case> {
             ])
             .check(hlt_sleeps)
             .absent(&["mbkernel: FAIL", "VM entry failed", "CONTAINED"]),
+        );
+    }
+    // Debian's stock kernel with the busybox initramfs (`cargo xtask
+    // linux`, prepared first): it boots to the shell, the shell answers
+    // commands typed at the console, and `poweroff -f` (ACPI S5) ends the
+    // run cleanly.
+    for cpus in [1u32, 2] {
+        v.push(
+            Case::kernel(
+                &format!("bochs-linux-shell-{cpus}"),
+                "vmlinuz",
+                TestKernel::Linux,
+                Success,
+            )
+            .cpus(cpus)
+            .timeout(LINUX_TIMEOUT)
+            .input(LINUX_INPUT, crate::linux::MARKER)
+            .contains(&[
+                "Linux version ",
+                crate::linux::MARKER,
+                if cpus == 1 { "CPUS=1" } else { "CPUS=2" },
+                "powered off",
+            ])
+            .absent(&["Kernel panic", "CONTAINED", "VM entry failed", "Call Trace"])
+            .check(linux_shell_check),
         );
     }
     // The ELF32 path of the multiboot loader, entered in 32-bit mode.
@@ -1280,6 +1373,36 @@ mod unit {
         assert!(memtouch_check("no summary here").is_err());
         let e = memtouch_check("SUMMARY {\"guest\":\"memtouch\"}").unwrap_err();
         assert!(e.contains("missing field"), "{e}");
+    }
+
+    /// A Linux session as the serial log shows it (trimmed).
+    const LINUX_LOG: &str = "hypervisor 0.1.0 starting\n\
+[INFO  cpu0] linux: boot protocol 2.15\n\
+[    0.000000] Linux version 6.1.0-57-amd64 (debian-kernel@lists.debian.org) #1 SMP\n\
+[    4.586926] GDS: Unknown: Dependent on hypervisor status\n\
+LINUX SHELL READY\r\n\
+/ # uname -r\r\n\
+6.1.0-57-amd64\r\n\
+/ # dmesg | grep -i hypervisor\r\n\
+[    4.586926] GDS: Unknown: Dependent on hypervisor status\r\n\
+/ # echo HV_LINES=$(dmesg | grep -ci hypervisor)\r\n\
+HV_LINES=1\r\n\
+/ # echo tmpfs-$((6*7)) > /tmp/f; cat /tmp/f\r\n\
+tmpfs-42\r\n";
+
+    #[test]
+    fn the_linux_session_check_reads_each_answer() {
+        assert_eq!(linux_shell_check(LINUX_LOG), Ok(()));
+        let wrong_release = LINUX_LOG.replace("\n6.1.0-57-amd64\r", "\n6.1.0-1-amd64\r");
+        assert!(linux_shell_check(&wrong_release)
+            .unwrap_err()
+            .contains("uname -r"));
+        let no_file = LINUX_LOG.replace("\ntmpfs-42", "\ncat: can't open");
+        assert!(linux_shell_check(&no_file).unwrap_err().contains("/tmp"));
+        let dmesg_disagrees = LINUX_LOG.replace("HV_LINES=1", "HV_LINES=0");
+        let e = linux_shell_check(&dmesg_disagrees).unwrap_err();
+        assert!(e.contains("dmesg has 0 lines"), "{e}");
+        assert!(linux_shell_check("no boot at all").is_err());
     }
 
     #[test]

@@ -167,18 +167,28 @@ pub struct Provided {
 /// input (`devices::lapic`, 1 GHz, what KVM and QEMU give their APICs).
 pub const CRYSTAL_HZ: u32 = 1_000_000_000;
 
+/// The largest TSC/crystal numerator leaf 0x15 gives: Linux computes the
+/// TSC in kHz as `crystal_khz * EBX / EAX` in 32 bits
+/// (`native_calibrate_tsc`), and the crystal is 10^6 kHz.
+const MAX_NUMERATOR: u64 = u32::MAX as u64 / (CRYSTAL_HZ as u64 / 1000);
+
 /// Leaves 0x15 (TSC/crystal ratio, SDM Vol. 2A CPUID "Time Stamp Counter
 /// and Nominal Core Crystal Clock Information Leaf") and 0x16 (processor
-/// frequency, MHz) for a TSC of `tsc_hz`. TSC = ECX × EBX / EAX: with the
-/// denominator 10^6 and the numerator the TSC in kHz, the crystal is the
-/// APIC timer's 1 GHz, so that an OS that derives its APIC timer period
-/// from the crystal (Linux does, `native_calibrate_tsc`) gets the model's
-/// rate, and its TSC rate to 1 kHz.
+/// frequency, MHz) for a TSC of `tsc_hz`. TSC = ECX × EBX / EAX with the
+/// crystal ECX the APIC timer's 1 GHz, so that an OS that derives its APIC
+/// timer period from the crystal (Linux does) gets the model's rate. The
+/// ratio's numerator is kept at most [`MAX_NUMERATOR`] (Linux multiplies it
+/// by the crystal in kHz in 32 bits) and the denominator as large as that
+/// allows: the TSC comes out within 1/4294 of its rate.
 pub fn timing_leaf(leaf: u32, tsc_hz: u64) -> Regs {
-    let khz = (tsc_hz / 1000).min(u64::from(u32::MAX)) as u32;
     let mhz = (tsc_hz / 1_000_000).min(0xffff) as u32;
+    let crystal = u128::from(CRYSTAL_HZ);
+    // numerator / denominator = tsc_hz / crystal, numerator <= MAX.
+    let den = (u128::from(MAX_NUMERATOR) * crystal / u128::from(tsc_hz.max(1)))
+        .clamp(1, u128::from(u32::MAX));
+    let num = ((u128::from(tsc_hz) * den + crystal / 2) / crystal).min(u128::from(MAX_NUMERATOR));
     match leaf {
-        0x15 if khz != 0 => [1_000_000, khz, CRYSTAL_HZ, 0],
+        0x15 if tsc_hz != 0 && num != 0 => [den as u32, num as u32, CRYSTAL_HZ, 0],
         0x16 if mhz != 0 => [mhz, mhz, CRYSTAL_HZ / 1_000_000, 0],
         _ => [0; 4],
     }
@@ -504,6 +514,12 @@ mod tests {
         assert_ne!(with.answer(0, 0x8000_0001, 0)[3] & E1D_RDTSCP, 0);
     }
 
+    /// The TSC in kHz as Linux's `native_calibrate_tsc` computes it from
+    /// leaf 0x15, in its 32-bit arithmetic (None where it would overflow).
+    fn linux_tsc_khz(den: u32, num: u32, crystal_hz: u32) -> Option<u32> {
+        (crystal_hz / 1000).checked_mul(num).map(|x| x / den)
+    }
+
     /// A host whose highest basic leaf is 0xD (no timing leaves).
     fn old_host(leaf: u32, sub: u32) -> Regs {
         match leaf {
@@ -528,10 +544,23 @@ mod tests {
             assert!(p.answer(0, 0, 0)[0] >= 0x16, "leaves 0x15/0x16 in range");
             let [den, num, crystal, _] = p.answer(0, 0x15, 0);
             assert_eq!(crystal, CRYSTAL_HZ, "the APIC timer's rate");
-            // TSC = crystal × num / den, to the kHz.
-            let tsc = u64::from(crystal) * u64::from(num) / u64::from(den);
-            assert_eq!(tsc, tsc_hz / 1000 * 1000);
             assert_eq!(p.answer(0, 0x16, 0)[..3], [2903, 2903, 1000]);
+            let khz = linux_tsc_khz(den, num, crystal).expect("no overflow");
+            assert!(khz.abs_diff(2_903_998) < 1000, "{khz} kHz");
+        }
+        // Linux's arithmetic gives every rate to 1/4000 (Bochs' 50 MHz
+        // included), with no 32-bit overflow.
+        for tsc_hz in [
+            1_000_000u64,
+            50_079_000,
+            2_419_200_000,
+            3_500_000_000,
+            5_800_000_000,
+        ] {
+            let [den, num, crystal, _] = timing_leaf(0x15, tsc_hz);
+            let khz = linux_tsc_khz(den, num, crystal).expect("no overflow");
+            let err = (khz as f64 * 1000.0 - tsc_hz as f64).abs() / tsc_hz as f64;
+            assert!(err < 1.0 / 4000.0, "{tsc_hz} Hz reads as {khz} kHz");
         }
         // Unknown rate: the leaves say "not enumerated" (0), not the host's.
         let p = policy(1);
