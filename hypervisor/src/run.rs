@@ -7,10 +7,11 @@ use crate::exits;
 use crate::machine::irq::{CpuEvent, RunState};
 use crate::mm::host::{self as mem, KernelMemory};
 use crate::println;
+use crate::vcpu::inject;
 use crate::vcpu::{Action, Hw, Stop, Vcpu, VcpuReport};
 use crate::vm::Vm;
 use crate::vmx;
-use crate::vmx::exit::{vm_instruction_error_message, ExitReason};
+use crate::vmx::exit::{vm_instruction_error_message, ExitReason, InterruptionInfo};
 use crate::vmx::fields::{Vmcs32, VmcsAccess, VmcsError, VmcsNatural};
 use crate::vmx::hw::entry::vmx_enter;
 use crate::vmx::hw::vmcs::{self, CurrentVmcs, VmcsConfig};
@@ -75,12 +76,19 @@ static TSC_ZERO: spin::Once<u64> = spin::Once::new();
 
 type KernelVcpu<'a> = Vcpu<'a, CoreHw, KernelMemory>;
 
-/// An AP waiting for a start-up IPI, outside the guest: spins until the
-/// router hands it a SIPI (then the state the SIPI starts it in: real mode
-/// at vector × 4096, the rest as after INIT, SDM 9.1.1 table 9-1), or until
-/// the VM ends or every other vCPU has stopped (then no SIPI can come).
-fn wait_for_sipi(v: &mut KernelVcpu) -> Result<GuestState, Stop> {
+/// How long a parked AP sleeps before it looks again for the VM's end
+/// (a SIPI kicks it at once).
+const PARK_NS: u64 = 10_000_000;
+
+/// An AP waiting for a start-up IPI: until the router hands it a SIPI
+/// (then the state the SIPI starts it in: real mode at vector × 4096, the
+/// rest as after INIT, SDM 9.1.1 table 9-1), or until the VM ends or every
+/// other vCPU has stopped (then no SIPI can come). It waits parked in the
+/// guest ([`park`]), so that its core halts rather than spins: in an
+/// emulator a spinning core takes the time of the cores that work.
+fn wait_for_sipi(v: &mut KernelVcpu, launched: &mut u64) -> Result<GuestState, Stop> {
     let vm = v.vm;
+    let mut parked = false;
     loop {
         v.service_requests();
         if let Some(stop) = exits::platform_stop(vm) {
@@ -92,6 +100,12 @@ fn wait_for_sipi(v: &mut KernelVcpu) -> Result<GuestState, Stop> {
                 // CR0 after INIT: CD, NW and ET set; EDX: the CPU signature.
                 s.cr0 = 0x6000_0010;
                 s.gprs.rdx = u64::from(vm.cpuid.answer(v.id, 1, 0)[0]);
+                // The vCPU starts now: active, nothing pending from the
+                // park, and the watchdog counts from here.
+                v.vmcs.write32(Vmcs32::GuestActivityState, inject::ACTIVE)?;
+                v.vmcs.write32(Vmcs32::GuestInterruptibilityState, 0)?;
+                v.vmcs.write32(Vmcs32::VmEntryInterruptionInfo, 0)?;
+                v.last_progress = arch::rdtsc();
                 return Ok(s);
             }
             Some(CpuEvent::Init { .. }) => {}
@@ -99,10 +113,72 @@ fn wait_for_sipi(v: &mut KernelVcpu) -> Result<GuestState, Stop> {
                 if (0..vm.vcpus).all(|id| id == v.id || vm.requests.is_stopped(id)) {
                     return Err(Stop::Shutdown { status: 0 });
                 }
-                core::hint::spin_loop();
+                if !park(v, launched, &mut parked)? {
+                    core::hint::spin_loop();
+                }
             }
         }
     }
+}
+
+/// Sleeps in the guest for up to [`PARK_NS`]: VM entry in the HLT activity
+/// state (SDM 26.4.2) with the INIT state loaded (nothing runs), left by a
+/// kick (external-interrupt exiting, whatever the guest's IF) or the
+/// VMX-preemption timer. False where the CPU has no preemption timer or no
+/// HLT activity state (then the caller spins).
+fn park(v: &mut KernelVcpu, launched: &mut u64, parked: &mut bool) -> Result<bool, Stop> {
+    use crate::vmx::controls::PinBased;
+    let vm = v.vm;
+    if vm.controls.pin & PinBased::PREEMPTION_TIMER.bits() == 0 || !vm.caps.misc.activity_hlt() {
+        return Ok(false);
+    }
+    if !*parked {
+        let mut s = GuestState::real_mode(0, 0);
+        s.cr0 = 0x6000_0010;
+        vmcs::write_guest_state(&mut v.vmcs, &vm.caps, &vm.controls, &s)?;
+        v.vmcs.write32(Vmcs32::GuestInterruptibilityState, 0)?;
+        v.vmcs.write32(Vmcs32::VmEntryInterruptionInfo, 0)?;
+        *parked = true;
+    }
+    v.vmcs.write32(Vmcs32::GuestActivityState, inject::HLT)?;
+    let ticks = (u128::from(PARK_NS) * u128::from(arch::tsc_rate().max(1)) / 1_000_000_000) as u64;
+    let value = (ticks >> vm.caps.misc.preemption_timer_rate()).min(u64::from(u32::MAX));
+    v.vmcs
+        .write32(Vmcs32::GuestPreemptionTimerValue, value as u32)?;
+    let mut regs = GuestState::real_mode(0, 0).gprs;
+    // SAFETY: the VMCS is current and fully written; `regs` lives across
+    // the call.
+    let rc = unsafe { vmx_enter(&mut regs, *launched) };
+    if rc != 0 {
+        let err = v.vmcs.read32(Vmcs32::VmInstructionError).unwrap_or(0);
+        return Err(fatal(format!(
+            "VM entry to park an AP failed (VM-instruction error {err}: {})",
+            vm_instruction_error_message(err)
+        )));
+    }
+    *launched = 1;
+    let (reason, entry_failed) = ExitReason::from_raw(v.vmcs.read32(Vmcs32::ExitReason)?);
+    if entry_failed {
+        dump_vmcs();
+        return Err(fatal(format!(
+            "VM entry to park an AP failed while loading guest state: {reason}"
+        )));
+    }
+    v.stats.exits[reason.as_index()] += 1;
+    match reason {
+        ExitReason::ExternalInterrupt => {
+            // A kick, acknowledged on exit: end it at the host's APIC.
+            let info = InterruptionInfo::from_raw(v.vmcs.read32(Vmcs32::VmExitInterruptionInfo)?);
+            if info.valid {
+                v.vmcs.host_eoi();
+            }
+        }
+        ExitReason::PreemptionTimer => {}
+        other => {
+            return Err(fatal(format!("a parked AP left the guest for {other}")));
+        }
+    }
+    Ok(true)
 }
 
 /// The VM's controls with the VMX-preemption timer on where the CPU has
@@ -222,8 +298,11 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
     vmcs::write_controls_and_host(&mut v.vmcs, caps, &cfg)?;
     v.watchdog_tsc = watchdog;
     // An AP of a kernel run waits for the guest's INIT-SIPI (SDM 9.4.4).
+    // VMLAUNCH for the first entry, VMRESUME after (a parked AP enters
+    // before its guest starts).
+    let mut launched = 0;
     let state = if vm.irq.run_state(v.id) == RunState::WaitForSipi {
-        match wait_for_sipi(v) {
+        match wait_for_sipi(v, &mut launched) {
             Ok(s) => s,
             Err(stop) => return Ok(stop),
         }
@@ -238,7 +317,6 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
 
     let start = arch::rdtsc();
     v.last_progress = start;
-    let mut launched = 0;
     let stop = loop {
         v.service_requests();
         // INIT resets an AP into wait-for-SIPI (SDM 9.1, 11.6.1); a SIPI to
@@ -254,7 +332,8 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
                     cause: String::from("INIT to the bootstrap processor"),
                 };
             }
-            let state = match wait_for_sipi(v) {
+            vm.requests.set_halted(v.id, false);
+            let state = match wait_for_sipi(v, &mut launched) {
                 Ok(s) => s,
                 Err(stop) => break stop,
             };
@@ -304,6 +383,10 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
             Ok(Action::Resume) => {
                 if let Some(stop) = exits::platform_stop(vm) {
                     break stop;
+                }
+                // Halted with interrupts off, and nobody left to wake it.
+                if vm.requests.is_halted(v.id) && !vm.requests.others_can_run(v.id) {
+                    break exits::hlt::never_to_wake(v);
                 }
             }
             Err(stop) => break stop,

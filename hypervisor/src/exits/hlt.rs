@@ -3,9 +3,11 @@
 //! (SDM 25.4.2), so its core really halts in the guest until a kick (an
 //! external-interrupt exit) or its next timer deadline (the
 //! VMX-preemption timer) brings it out; the injected interrupt wakes it
-//! (`Vcpu::deliver_events`). With interrupts disabled and nothing that could
-//! wake it (no NMI pending), HLT would never end: the vCPU is stopped with a
-//! report.
+//! (`Vcpu::deliver_events`). With interrupts disabled and no NMI pending,
+//! only an NMI, INIT or SIPI can end the HLT: the vCPU sleeps so while
+//! another vCPU can still send one (Linux halts its other CPUs so before
+//! it powers off), and is stopped with a report when none can (it is the
+//! last: the run would never end).
 
 use crate::mm::HostMemory;
 use crate::vcpu::inject::HLT;
@@ -16,14 +18,24 @@ use alloc::string::String;
 /// RFLAGS.IF.
 const IF: u64 = 1 << 9;
 
+/// The report of a vCPU halted with interrupts off that nothing can wake.
+pub fn never_to_wake<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Stop {
+    v.contain(
+        "halted",
+        String::from("HLT with interrupts disabled, never to wake"),
+    )
+}
+
 pub fn handle<H: Hw, M: HostMemory>(v: &mut Vcpu<H, M>) -> Result<Action, Stop> {
     let rflags = v.vmcs.read_nat(VmcsNatural::GuestRflags)?;
     let pending = v.vm.irq.pending_for(v.id);
     if rflags & IF == 0 && !pending.nmi {
-        return Err(v.contain(
-            "halted",
-            String::from("HLT with interrupts disabled, never to wake"),
-        ));
+        // Halted first, then look: of two halting at once, one sees the
+        // other (`Requests::others_can_run`).
+        v.vm.requests.set_halted(v.id, true);
+        if !v.vm.requests.others_can_run(v.id) || !v.vm.caps.misc.activity_hlt() {
+            return Err(never_to_wake(v));
+        }
     }
     v.skip_instruction()?;
     // HLT completed: an STI or MOV SS shadow it sat in is over, and VM

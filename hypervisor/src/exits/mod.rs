@@ -13,7 +13,7 @@ mod cache;
 mod cpuid;
 mod cr;
 mod ept;
-mod hlt;
+pub mod hlt;
 mod interrupt;
 mod io;
 mod mmio;

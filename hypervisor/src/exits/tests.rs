@@ -549,18 +549,35 @@ fn vmx_instructions_raise_ud() {
     }
 }
 
+/// HLT with interrupts on completes (the vCPU sleeps until an interrupt);
+/// with interrupts off it sleeps while another vCPU could still wake it
+/// with an NMI or INIT, and is stopped with a report once none can.
 #[test]
-fn hlt_with_interrupts_off_is_contained_and_on_returns() {
+fn hlt_with_interrupts_off_sleeps_while_another_vcpu_runs() {
     let (vm, _) = vm();
     let mut v = vcpu(vm, 0, 0);
     resumes(dispatch(&mut v, ExitReason::Hlt));
     completed(&v);
+    assert!(!vm.requests.is_halted(0));
     let mut v = vcpu(vm, 0, 0);
     v.vmcs.write_nat(VmcsNatural::GuestRflags, 0x2).unwrap();
+    // vCPU 1 runs: vCPU 0 sleeps in the HLT state, marked halted.
+    resumes(dispatch(&mut v, ExitReason::Hlt));
+    completed(&v);
+    assert_eq!(v.vmcs.read32(Vmcs32::GuestActivityState).unwrap(), 1);
+    assert!(vm.requests.is_halted(0));
+    assert!(vm.requests.others_can_run(0));
+    // vCPU 1 halts the same way: it is the last, nothing can wake either.
+    let mut w = vcpu(vm, 1, 0);
+    w.vmcs.write_nat(VmcsNatural::GuestRflags, 0x2).unwrap();
     assert!(matches!(
-        dispatch(&mut v, ExitReason::Hlt),
+        dispatch(&mut w, ExitReason::Hlt),
         Err(Stop::Contained { what: "halted", .. })
     ));
+    assert!(
+        !vm.requests.others_can_run(0),
+        "the run loop stops vCPU 0 too"
+    );
 }
 
 #[test]

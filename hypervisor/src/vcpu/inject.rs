@@ -159,6 +159,8 @@ impl<H: Hw, M: HostMemory> Vcpu<'_, H, M> {
             .write32(Vmcs32::VmEntryInterruptionInfo, info.to_raw())?;
         if self.vmcs.read32(Vmcs32::GuestActivityState)? == HLT {
             self.vmcs.write32(Vmcs32::GuestActivityState, ACTIVE)?;
+            // Woken: a HLT with interrupts off ends with an NMI too.
+            self.vm.requests.set_halted(self.id, false);
         }
         Ok(())
     }

@@ -15,7 +15,7 @@
 //! acknowledged.
 
 use crate::limits::MAX_CPUS;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// What a stopped vCPU has acknowledged: every generation.
 const STOPPED: u64 = u64::MAX;
@@ -26,6 +26,8 @@ pub struct Requests {
     flush_gen: AtomicU64,
     /// The generation each vCPU has flushed up to.
     flushed: [AtomicU64; MAX_CPUS],
+    /// Halted with interrupts off: only an NMI, INIT or SIPI wakes it.
+    halted: [AtomicBool; MAX_CPUS],
     kick: &'static (dyn Fn(u32) + Sync),
 }
 
@@ -36,8 +38,31 @@ impl Requests {
             vcpus: vcpus.min(MAX_CPUS as u32),
             flush_gen: AtomicU64::new(0),
             flushed: [const { AtomicU64::new(0) }; MAX_CPUS],
+            halted: [const { AtomicBool::new(false) }; MAX_CPUS],
             kick,
         }
+    }
+
+    /// vCPU `id` halted with interrupts off (`halted`), or woke from it.
+    pub fn set_halted(&self, id: u32, halted: bool) {
+        if let Some(a) = self.halted.get(id as usize) {
+            a.store(halted, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether vCPU `id` is halted with interrupts off.
+    pub fn is_halted(&self, id: u32) -> bool {
+        self.halted
+            .get(id as usize)
+            .is_some_and(|a| a.load(Ordering::SeqCst))
+    }
+
+    /// Whether a vCPU other than `id` can still run: one that has neither
+    /// stopped nor halted with interrupts off. A vCPU sets its own halted
+    /// flag before asking, so that of two halting at once at least one sees
+    /// the other.
+    pub fn others_can_run(&self, id: u32) -> bool {
+        (0..self.vcpus).any(|o| o != id && !self.is_stopped(o) && !self.is_halted(o))
     }
 
     /// Every vCPU flushes its guest-physical mappings before it next enters
@@ -95,6 +120,11 @@ impl Requests {
     pub fn stopped(&self, id: u32) {
         if let Some(a) = self.flushed.get(id as usize) {
             a.store(STOPPED, Ordering::Release);
+        }
+        // A vCPU halted with interrupts off waits for the others: wake it
+        // to see whether any is left.
+        for o in (0..self.vcpus).filter(|&o| o != id && self.is_halted(o)) {
+            (self.kick)(o);
         }
     }
 
