@@ -57,7 +57,29 @@ pub struct Boot {
     pub uptime: Option<f64>,
     /// Bochs' tick count just after the marker.
     pub ticks: Option<u64>,
+    /// The nested boot's VM exits by reason, all vCPUs, from the
+    /// hypervisor's SUMMARY (the boot, then `poweroff -f` typed at the
+    /// shell so that the run ends and reports).
+    pub exits: Option<Vec<(String, u64)>>,
     pub log: PathBuf,
+}
+
+/// Typed at the nested boot's shell after the marker: the run ends and
+/// the hypervisor prints its SUMMARY with the exits.
+const POWEROFF: &[u8] = b"poweroff -f\n";
+
+/// The exits by reason over every vCPU of a SUMMARY, most first.
+pub fn exits_of(log: &str) -> Option<Vec<(String, u64)>> {
+    let s = crate::summary::summary_of(log).ok()?;
+    let mut all = std::collections::BTreeMap::<String, u64>::new();
+    for v in &s.vcpu {
+        for (reason, n) in &v.exits {
+            *all.entry(reason.clone()).or_default() += n;
+        }
+    }
+    let mut v: Vec<(String, u64)> = all.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    Some(v)
 }
 
 /// The guest's memory in both halves: a kernel run's default.
@@ -147,7 +169,7 @@ pub fn bare(root: &Path, g: &LinuxGuest, a: &LinuxBootArgs) -> Result<Boot> {
         input: Input::None,
     };
     eprintln!("xtask: bare: booting {} in Bochs", image.display());
-    boot(&spec, &image, Media::Cdrom)
+    boot(&spec, &image, Media::Cdrom, None)
 }
 
 /// The nested half: the same guest under the hypervisor in Bochs.
@@ -176,7 +198,12 @@ pub fn nested(root: &Path, g: &LinuxGuest, a: &LinuxBootArgs) -> Result<Boot> {
         input: Input::None,
     };
     eprintln!("xtask: nested: booting the hypervisor with the guest in Bochs");
-    boot(&run, &dir.join(Firmware::Bios.image_name()), Media::Disk)
+    boot(
+        &run,
+        &dir.join(Firmware::Bios.image_name()),
+        Media::Disk,
+        Some(POWEROFF),
+    )
 }
 
 /// The kernel's first console line starts so (init/main.c's banner).
@@ -240,14 +267,25 @@ pub fn ticks_of(out: &str) -> Option<u64> {
         .find_map(|l| l.trim().strip_prefix("Next at t=")?.trim().parse().ok())
 }
 
+/// The tick count of Bochs' last log line ("07248924948i[SIM   ] ..."):
+/// when it stopped, where its debugger did not say (it had ended itself).
+pub fn last_log_tick(log: &str) -> Option<u64> {
+    log.lines().rev().find_map(|l| {
+        let digits: String = l.chars().take_while(char::is_ascii_digit).collect();
+        (digits.len() >= 11).then(|| digits.parse().ok()).flatten()
+    })
+}
+
 /// Boots `image` in Bochs until the marker (or a failure, or the timeout),
-/// then stops Bochs through its debugger to read the tick count.
-fn boot(spec: &RunSpec, image: &Path, media: Media) -> Result<Boot> {
+/// then stops Bochs through its debugger to read the tick count. With
+/// `after_marker`, types it at the marker (the wall time is taken there)
+/// and waits up to a minute for the hypervisor's result line first.
+fn boot(spec: &RunSpec, image: &Path, media: Media, after_marker: Option<&[u8]>) -> Result<Boot> {
     setup::ensure(&emu::needs(Backend::Bochs, Firmware::Bios))?;
     let log_path = spec.dir.join("serial.log");
     std::fs::write(&log_path, b"")?;
     let _ = std::fs::remove_file(spec.dir.join("bochs.log"));
-    let line = SerialLine::open(&log_path)?;
+    let mut line = SerialLine::open(&log_path)?;
     let mut cmd = emu::bochs_command_for(spec, image, media, line.port())?;
     let out_path = spec.dir.join("emulator.out");
     let out = std::fs::File::create(&out_path)?;
@@ -276,7 +314,24 @@ fn boot(spec: &RunSpec, image: &Path, media: Media) -> Result<Boot> {
             }
         }
         match log_end(&text) {
-            LogEnd::Ready => break Ok(start.elapsed()),
+            LogEnd::Ready => {
+                let wall = start.elapsed();
+                if let Some(bytes) = after_marker {
+                    line.send(bytes)?;
+                    let until = Instant::now() + Duration::from_secs(60);
+                    while Instant::now() < until && child.try_wait()?.is_none() {
+                        let mut chunk = Vec::new();
+                        file.seek(SeekFrom::Start(log.len() as u64))?;
+                        file.read_to_end(&mut chunk)?;
+                        log.extend_from_slice(&chunk);
+                        if emu::verdict_of(&String::from_utf8_lossy(&log)).is_some() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
+                break Ok(wall);
+            }
             LogEnd::Failed(line) => break Err(format!("the boot failed: {line}")),
             LogEnd::Running => {}
         }
@@ -331,7 +386,10 @@ fn boot(spec: &RunSpec, image: &Path, media: Media) -> Result<Boot> {
         wall,
         milestones,
         uptime: uptime_of(&log),
-        ticks: ticks_of(&emulator_out),
+        ticks: ticks_of(&emulator_out).filter(|&t| t > 0).or_else(|| {
+            last_log_tick(&std::fs::read_to_string(spec.dir.join("bochs.log")).unwrap_or_default())
+        }),
+        exits: after_marker.and_then(|_| exits_of(&log)),
         log: log_path,
     })
 }
@@ -353,6 +411,14 @@ fn describe(b: &Boot) -> String {
     match b.ticks {
         Some(t) => s.push_str(&format!(", {t} Bochs ticks")),
         None => s.push_str(", Bochs ticks not read"),
+    }
+    if let Some(exits) = &b.exits {
+        let total: u64 = exits.iter().map(|e| e.1).sum();
+        let each: Vec<String> = exits.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        s.push_str(&format!(
+            "\n          VM exits to the shell and poweroff: {total} ({})",
+            each.join(", ")
+        ));
     }
     s
 }
@@ -414,6 +480,31 @@ pub fn cmd(a: &LinuxBootArgs) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exits_are_summed_over_vcpus_most_first() {
+        let log = r#"LINUX SHELL READY
+SUMMARY {"guest":"vmlinuz","mem_mib":128,"mem_pages":32768,"slots":1,"cache":"vcpu","vcpus":2,"tsc_hz":0,"result":"success","ept":{"leaves_4k":3},"vcpu":[{"id":0,"status":"ok","exits":{"HLT":5,"I/O instruction":100},"ept_mapped":1,"ept_spurious":0,"dirty_faults":0,"lookups":{"vcpu_hit":0,"vm_hit":0,"search":0,"miss":0},"cycles":1},{"id":1,"status":"ok","exits":{"HLT":7,"EPT violation":20},"ept_mapped":1,"ept_spurious":0,"dirty_faults":0,"lookups":{"vcpu_hit":0,"vm_hit":0,"search":0,"miss":0},"cycles":1}]}
+HV RESULT: SUCCESS
+"#;
+        assert_eq!(
+            exits_of(log).unwrap(),
+            [
+                ("I/O instruction".to_string(), 100),
+                ("EPT violation".to_string(), 20),
+                ("HLT".to_string(), 12)
+            ]
+        );
+        assert_eq!(exits_of("no summary"), None);
+    }
+
+    #[test]
+    fn the_tick_count_of_bochs_last_log_line() {
+        let log = "00000000000i[      ] reading configuration\n\
+                   07248924948i[SIM   ] quit_sim called with exit code 1\n\n";
+        assert_eq!(last_log_tick(log), Some(7_248_924_948));
+        assert_eq!(last_log_tick("no ticks here\n"), None);
+    }
 
     #[test]
     fn bochs_boots_the_cd_image() {
@@ -531,6 +622,7 @@ mod tests {
             milestones: vec![("kernel's first line", Duration::from_secs(wall / 3))],
             uptime: Some(up),
             ticks: Some(t),
+            exits: None,
             log: PathBuf::new(),
         };
         let bare = Ok(b(60, 3.0, 1_000));
