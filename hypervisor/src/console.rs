@@ -36,11 +36,20 @@ pub fn init(framebuffer: Option<FrameBuffer>, core_index: fn() -> usize) {
     // SAFETY: 0x3f8 is the standard COM1 base; nothing else drives it.
     let mut port = unsafe { SerialPort::new(COM1) };
     port.init();
-    // Input is polled (`read_byte`): no receive interrupt on the host.
-    let mut ier: Port<u8> = Port::new(COM1 + 1);
-    // SAFETY: COM1's IER with DLAB clear (as `init` leaves it); 0 disables
-    // the UART's interrupts, which nothing on the host handles.
-    unsafe { ier.write(0) };
+    let (mut data, mut ier, mut lcr): (Port<u8>, Port<u8>, Port<u8>) =
+        (Port::new(COM1), Port::new(COM1 + 1), Port::new(COM1 + 3));
+    // SAFETY: COM1's registers, which only this module drives. 115200 baud
+    // (divisor 1, set with DLAB; `init` leaves 38400): every byte the guest
+    // writes waits for the transmitter, and an emulated UART sends at the
+    // programmed rate. Then 8N1 with DLAB clear, and IER 0: input is polled
+    // (`read_byte`), no interrupt on the host.
+    unsafe {
+        lcr.write(0x80);
+        data.write(1);
+        ier.write(0);
+        lcr.write(0x03);
+        ier.write(0);
+    }
     *SERIAL.lock() = Some(port);
     if let Some(fb) = framebuffer {
         *SCREEN.lock() = Screen::new(fb);
