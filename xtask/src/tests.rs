@@ -1042,7 +1042,7 @@ pub fn cases() -> Vec<Case> {
             "linux: boot protocol 2.15, kernel at [0x1000000, 0x1010000) (init_size), entry \
              0x1000200 in 64-bit mode, zero page at 0x7000, command line at 0x20000, initrd at \
              [0x7ffe000, 0x7fff388)",
-            "[vcpu0] linux64: entry state ok, cmdline \"console=ttyS0 some words\", initrd \
+            "linux64: entry state ok, cmdline \"console=ttyS0 some words\", initrd \
              0x00001388 bytes starting 0x5d3e1f00",
             "HLT with interrupts disabled",
         ])
@@ -1063,7 +1063,7 @@ pub fn cases() -> Vec<Case> {
         .contains(&[
             "pvh: kernel at [0x200000, 0x201168), entry 0x200000 in 32-bit protected mode, start \
              info at 0x1000, initrd at [0x7ffe000, 0x7fff388)",
-            "[vcpu0] pvh32: entry state ok, cmdline \"console=ttyS0 pvh words\", memmap entries \
+            "pvh32: entry state ok, cmdline \"console=ttyS0 pvh words\", memmap entries \
              0x00000006, module 0 0x00001388 bytes starting 0x5d3e1f00",
             "HLT with interrupts disabled",
         ])
