@@ -714,29 +714,7 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    /// Guest memory as a flat vector.
-    struct Mem(Vec<u8>);
-    impl GuestMemoryWriter for Mem {
-        type Error = ();
-        fn write(&mut self, gpa: u64, bytes: &[u8]) -> Result<(), ()> {
-            let s = gpa as usize;
-            self.0
-                .get_mut(s..s + bytes.len())
-                .ok_or(())?
-                .copy_from_slice(bytes);
-            Ok(())
-        }
-        fn zero(&mut self, gpa: u64, len: u64) -> Result<(), ()> {
-            let s = gpa as usize;
-            self.0.get_mut(s..s + len as usize).ok_or(())?.fill(0);
-            Ok(())
-        }
-    }
-    impl Mem {
-        fn u64(&self, at: u64) -> u64 {
-            le64(&self.0, at as usize)
-        }
-    }
+    use crate::boot::test_mem::Mem;
 
     const MIB: u64 = 1 << 20;
     use super::test_image::{bzimage, PM_LEN, SETUP_SECTS};

@@ -635,36 +635,7 @@ mod tests {
     use crate::machine::board::Board;
     use alloc::vec;
 
-    /// Guest memory as a flat vector.
-    struct Mem(Vec<u8>);
-    impl GuestMemoryWriter for Mem {
-        type Error = ();
-        fn write(&mut self, gpa: u64, bytes: &[u8]) -> Result<(), ()> {
-            let s = gpa as usize;
-            self.0
-                .get_mut(s..s + bytes.len())
-                .ok_or(())?
-                .copy_from_slice(bytes);
-            Ok(())
-        }
-        fn zero(&mut self, gpa: u64, len: u64) -> Result<(), ()> {
-            let s = gpa as usize;
-            self.0.get_mut(s..s + len as usize).ok_or(())?.fill(0);
-            Ok(())
-        }
-    }
-    impl Mem {
-        fn u32(&self, at: u64) -> u32 {
-            le32(&self.0, at as usize).unwrap()
-        }
-        fn u64(&self, at: u64) -> u64 {
-            u64::from(self.u32(at)) | u64::from(self.u32(at + 4)) << 32
-        }
-        fn cstr(&self, at: u64) -> &str {
-            let s = &self.0[at as usize..];
-            core::str::from_utf8(&s[..s.iter().position(|&b| b == 0).unwrap()]).unwrap()
-        }
-    }
+    use crate::boot::test_mem::Mem;
 
     const MEM: u64 = 8 << 20;
 

@@ -473,31 +473,7 @@ mod tests {
     use super::*;
     use alloc::vec;
 
-    struct Mem(Vec<u8>);
-    impl GuestMemoryWriter for Mem {
-        type Error = ();
-        fn write(&mut self, gpa: u64, bytes: &[u8]) -> Result<(), ()> {
-            let s = gpa as usize;
-            self.0
-                .get_mut(s..s + bytes.len())
-                .ok_or(())?
-                .copy_from_slice(bytes);
-            Ok(())
-        }
-        fn zero(&mut self, gpa: u64, len: u64) -> Result<(), ()> {
-            let s = gpa as usize;
-            self.0.get_mut(s..s + len as usize).ok_or(())?.fill(0);
-            Ok(())
-        }
-    }
-    impl Mem {
-        fn u32(&self, at: u64) -> u32 {
-            u32::from_le_bytes(self.0[at as usize..at as usize + 4].try_into().unwrap())
-        }
-        fn u64(&self, at: u64) -> u64 {
-            u64::from_le_bytes(self.0[at as usize..at as usize + 8].try_into().unwrap())
-        }
-    }
+    use crate::boot::test_mem::Mem;
 
     const MEM: u64 = 16 << 20;
 
