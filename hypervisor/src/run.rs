@@ -11,7 +11,7 @@ use crate::vcpu::inject;
 use crate::vcpu::{Action, Hw, Stop, Vcpu, VcpuReport};
 use crate::vm::Vm;
 use crate::vmx;
-use crate::vmx::exit::{vm_instruction_error_message, ExitReason, InterruptionInfo};
+use crate::vmx::exit::{vm_instruction_error_message, ExitReason};
 use crate::vmx::fields::{Vmcs32, VmcsAccess, VmcsError, VmcsNatural};
 use crate::vmx::hw::entry::vmx_enter;
 use crate::vmx::hw::vmcs::{self, CurrentVmcs, VmcsConfig};
@@ -100,10 +100,9 @@ fn wait_for_sipi(v: &mut KernelVcpu, launched: &mut u64) -> Result<GuestState, S
                 // CR0 after INIT: CD, NW and ET set; EDX: the CPU signature.
                 s.cr0 = 0x6000_0010;
                 s.gprs.rdx = u64::from(vm.cpuid.answer(v.id, 1, 0)[0]);
-                // The vCPU starts now: active, nothing pending from the
-                // park, and the watchdog counts from here.
-                v.vmcs.write32(Vmcs32::GuestActivityState, inject::ACTIVE)?;
-                v.vmcs.write32(Vmcs32::GuestInterruptibilityState, 0)?;
+                // Nothing queued for entry (the caller writes the rest of
+                // the state, activity and interruptibility included), and
+                // the watchdog counts from here.
                 v.vmcs.write32(Vmcs32::VmEntryInterruptionInfo, 0)?;
                 v.last_progress = arch::rdtsc();
                 return Ok(s);
@@ -136,42 +135,18 @@ fn park(v: &mut KernelVcpu, launched: &mut u64, parked: &mut bool) -> Result<boo
         let mut s = GuestState::real_mode(0, 0);
         s.cr0 = 0x6000_0010;
         vmcs::write_guest_state(&mut v.vmcs, &vm.caps, &vm.controls, &s)?;
-        v.vmcs.write32(Vmcs32::GuestInterruptibilityState, 0)?;
         v.vmcs.write32(Vmcs32::VmEntryInterruptionInfo, 0)?;
         *parked = true;
     }
     v.vmcs.write32(Vmcs32::GuestActivityState, inject::HLT)?;
-    let ticks = (u128::from(PARK_NS) * u128::from(arch::tsc_rate().max(1)) / 1_000_000_000) as u64;
-    let value = (ticks >> vm.caps.misc.preemption_timer_rate()).min(u64::from(u32::MAX));
-    v.vmcs
-        .write32(Vmcs32::GuestPreemptionTimerValue, value as u32)?;
-    let mut regs = GuestState::real_mode(0, 0).gprs;
-    // SAFETY: the VMCS is current and fully written; `regs` lives across
-    // the call.
-    let rc = unsafe { vmx_enter(&mut regs, *launched) };
-    if rc != 0 {
-        let err = v.vmcs.read32(Vmcs32::VmInstructionError).unwrap_or(0);
-        return Err(fatal(format!(
-            "VM entry to park an AP failed (VM-instruction error {err}: {})",
-            vm_instruction_error_message(err)
-        )));
-    }
-    *launched = 1;
-    let (reason, entry_failed) = ExitReason::from_raw(v.vmcs.read32(Vmcs32::ExitReason)?);
-    if entry_failed {
-        dump_vmcs();
-        return Err(fatal(format!(
-            "VM entry to park an AP failed while loading guest state: {reason}"
-        )));
-    }
-    v.stats.exits[reason.as_index()] += 1;
-    match reason {
+    v.vmcs.write32(
+        Vmcs32::GuestPreemptionTimerValue,
+        preemption_value(vm, ns_to_tsc(PARK_NS)),
+    )?;
+    match enter(v, launched)? {
+        // A kick: end it at the host's APIC.
         ExitReason::ExternalInterrupt => {
-            // A kick, acknowledged on exit: end it at the host's APIC.
-            let info = InterruptionInfo::from_raw(v.vmcs.read32(Vmcs32::VmExitInterruptionInfo)?);
-            if info.valid {
-                v.vmcs.host_eoi();
-            }
+            exits::interrupt::external(v)?;
         }
         ExitReason::PreemptionTimer => {}
         other => {
@@ -181,13 +156,56 @@ fn park(v: &mut KernelVcpu, launched: &mut u64, parked: &mut bool) -> Result<boo
     Ok(true)
 }
 
+/// TSC ticks in `ns` nanoseconds.
+fn ns_to_tsc(ns: u64) -> u64 {
+    (u128::from(ns) * u128::from(arch::tsc_rate().max(1)) / 1_000_000_000) as u64
+}
+
+/// The VMX-preemption timer value that expires after `tsc_ticks` (the
+/// timer counts down at the TSC's rate shifted by IA32_VMX_MISC bits 4:0).
+fn preemption_value(vm: &Vm<KernelMemory>, tsc_ticks: u64) -> u32 {
+    (tsc_ticks >> vm.caps.misc.preemption_timer_rate()).min(u64::from(u32::MAX)) as u32
+}
+
+/// Enters the guest with `v.regs` (VMLAUNCH the first time, VMRESUME
+/// after) and returns the exit's reason, counted; a failed entry is a fatal
+/// stop with the VMCS dumped.
+fn enter(v: &mut KernelVcpu, launched: &mut u64) -> Result<ExitReason, Stop> {
+    // SAFETY: the VMCS is current and fully written; `regs` lives across
+    // the call.
+    let rc = unsafe { vmx_enter(&mut v.regs, *launched) };
+    if rc != 0 {
+        let err = v.vmcs.read32(Vmcs32::VmInstructionError).unwrap_or(0);
+        dump_vmcs();
+        return Err(fatal(format!(
+            "VM entry failed: {} (VM-instruction error {err}: {})",
+            if *launched == 0 {
+                "VMLAUNCH"
+            } else {
+                "VMRESUME"
+            },
+            vm_instruction_error_message(err)
+        )));
+    }
+    *launched = 1;
+    let (reason, entry_failed) = ExitReason::from_raw(v.vmcs.read32(Vmcs32::ExitReason)?);
+    v.stats.exits[reason.as_index()] += 1;
+    if entry_failed {
+        let q = v.vmcs.read_nat(VmcsNatural::ExitQualification).unwrap_or(0);
+        dump_vmcs();
+        return Err(fatal(format!(
+            "VM entry failed while loading guest state: {reason}, qualification {q:#x}"
+        )));
+    }
+    Ok(reason)
+}
+
 /// The VM's controls with the VMX-preemption timer on where the CPU has
 /// one (the vCPU's timer deadlines and the watchdog use it), and the
 /// watchdog time in TSC ticks (0 = off).
 fn timer_controls(vm: &Vm<KernelMemory>) -> (crate::vmx::controls::Controls, u64) {
     let controls = vm.controls;
-    let hz = arch::tsc_rate();
-    let watchdog = (u128::from(vm.config.watchdog_ms) * u128::from(hz) / 1000) as u64;
+    let watchdog = ns_to_tsc(vm.config.watchdog_ms.saturating_mul(1_000_000));
     (controls, watchdog)
 }
 
@@ -201,7 +219,6 @@ fn arm_timer(v: &mut KernelVcpu, console: Option<u64>) -> Result<(), Stop> {
     if vm.controls.pin & PinBased::PREEMPTION_TIMER.bits() == 0 {
         return Ok(());
     }
-    let hz = arch::tsc_rate().max(1);
     let mut ticks = u64::MAX;
     if v.watchdog_tsc != 0 {
         let quiet = arch::rdtsc().wrapping_sub(v.last_progress);
@@ -218,12 +235,12 @@ fn arm_timer(v: &mut KernelVcpu, console: Option<u64>) -> Result<(), Stop> {
     };
     // The clock is read only for a deadline: most entries have none.
     if let Some(deadline) = deadline {
-        let ns = deadline.saturating_sub(vm.clock.now_ns());
-        ticks = ticks.min((u128::from(ns) * u128::from(hz) / 1_000_000_000) as u64);
+        ticks = ticks.min(ns_to_tsc(deadline.saturating_sub(vm.clock.now_ns())));
     }
-    let value = (ticks >> vm.caps.misc.preemption_timer_rate()).min(u64::from(u32::MAX));
-    v.vmcs
-        .write32(Vmcs32::GuestPreemptionTimerValue, value as u32)?;
+    v.vmcs.write32(
+        Vmcs32::GuestPreemptionTimerValue,
+        preemption_value(vm, ticks),
+    )?;
     Ok(())
 }
 
@@ -339,44 +356,18 @@ fn setup_and_run(v: &mut KernelVcpu, cpu: usize) -> Result<Stop, Stop> {
             };
             vmcs::write_guest_state(&mut v.vmcs, caps, &vm.controls, &state)?;
             v.regs = state.gprs;
-            v.vmcs.write32(Vmcs32::VmEntryInterruptionInfo, 0)?;
-            v.vmcs.write32(Vmcs32::GuestActivityState, 0)?;
-            v.vmcs.write32(Vmcs32::GuestInterruptibilityState, 0)?;
         }
         // vCPU 0 polls the console while the guest listens to COM1, before
         // the events are delivered: typed input raises IRQ 4 in time.
         let console = if v.id == 0 { vm.poll_console() } else { None };
         v.deliver_events()?;
         arm_timer(v, console)?;
-        // SAFETY: the VMCS is current and fully written; `regs` lives across
-        // the call.
-        let rc = unsafe { vmx_enter(&mut v.regs, launched) };
-        if rc != 0 {
-            let err = v.vmcs.read32(Vmcs32::VmInstructionError).unwrap_or(0);
-            dump_vmcs();
-            break fatal(format!(
-                "VM entry failed: {} (VM-instruction error {err}: {})",
-                if launched == 0 {
-                    "VMLAUNCH"
-                } else {
-                    "VMRESUME"
-                },
-                vm_instruction_error_message(err)
-            ));
-        }
-        launched = 1;
-        let raw = v.vmcs.read32(Vmcs32::ExitReason)?;
-        let (reason, entry_failed) = ExitReason::from_raw(raw);
-        v.stats.exits[reason.as_index()] += 1;
+        let reason = match enter(v, &mut launched) {
+            Ok(r) => r,
+            Err(stop) => break stop,
+        };
         if reason != ExitReason::PreemptionTimer {
             v.last_progress = arch::rdtsc();
-        }
-        if entry_failed {
-            let q = v.vmcs.read_nat(VmcsNatural::ExitQualification).unwrap_or(0);
-            dump_vmcs();
-            break fatal(format!(
-                "VM entry failed while loading guest state: {reason}, qualification {q:#x}"
-            ));
         }
         match exits::dispatch(v, reason) {
             // A device ended the VM (another vCPU's port write, a reset).

@@ -14,7 +14,7 @@ mod cpuid;
 mod cr;
 mod ept;
 pub mod hlt;
-mod interrupt;
+pub mod interrupt;
 mod io;
 mod mmio;
 mod msr;
