@@ -412,11 +412,10 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
         if child.try_wait()?.is_some() {
             break;
         }
+        let text = String::from_utf8_lossy(&log);
         // A script goes in once its line is in the log.
         if let Some((bytes, after)) = &script {
-            let ready = after
-                .as_ref()
-                .is_none_or(|a| String::from_utf8_lossy(&log).contains(a.as_str()));
+            let ready = after.as_ref().is_none_or(|a| text.contains(a.as_str()));
             if ready && line.send(bytes)? {
                 script = None;
             }
@@ -437,7 +436,7 @@ pub fn run(spec: &RunSpec) -> Result<Outcome> {
             let _ = child.wait();
             break;
         }
-        if result_seen.is_none() && verdict_of(&String::from_utf8_lossy(&log)).is_some() {
+        if result_seen.is_none() && verdict_of(&text).is_some() {
             result_seen = Some(Instant::now());
         }
         if result_seen.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) {
